@@ -1,0 +1,182 @@
+"""Checkpoints: one ``.safetensors`` file holding weights, config and trainer state. No pickle, ever.
+
+Layout of a checkpoint file:
+
+- tensors ``model.<name>``: the model's ``state_dict``;
+- tensors under other prefixes (``optim.*``, ``rng.*``): trainer state;
+- header metadata (JSON strings): ``format``, ``config`` (the :class:`ModelConfig`),
+  ``trainer`` (step, history, optimizer hyper-parameters) and ``sha256``, a
+  digest of every tensor's bytes.
+
+Writing goes to a temporary file in the same folder, is flushed to disk, and
+is then renamed over the target (:func:`os.replace` is atomic), so a crash
+mid-write leaves the previous checkpoint intact. Loading checks the file can be
+parsed, the format, the digest, and that names and shapes match the model;
+each failure raises :class:`CheckpointError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import ModelConfig
+
+FORMAT = "llmcourse-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit the model."""
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync, then atomically rename ``tmp_path`` to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    tensors: dict[str, torch.Tensor] | None = None,
+    trainer: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (which must carry a ``config``) and optional trainer state to ``path`` atomically."""
+    path = Path(path)
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise ValueError("save_checkpoint needs a model with a ModelConfig in model.config.")
+    state = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (tensors or {}).items():
+        if k.startswith("model."):
+            raise ValueError(f"extra tensor name {k!r} collides with the model's namespace 'model.'.")
+        state[k] = v.detach().cpu().clone().contiguous()
+    metadata = {
+        "format": FORMAT,
+        "config": config.to_json(),
+        "trainer": json.dumps(trainer or {}, sort_keys=True),
+        "sha256": _digest(state),
+    }
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return path
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    model_state: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint file (format, digest, config)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check the path, or train and save one first.")
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read: it is truncated or corrupt ({e}). "
+            "Load an earlier checkpoint or retrain; checkpoints are written atomically, so the previous file is intact."
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is a safetensors file but not an llmcourse checkpoint (format={metadata.get('format')!r}, "
+            f"expected {FORMAT!r}); for weights of another library use llmcourse.hf."
+        )
+    if metadata.get("sha256") != _digest(state):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its tensors do not match the checksum recorded when it was written. "
+            "Load an earlier checkpoint or retrain."
+        )
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        trainer = json.loads(metadata.get("trainer", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an unreadable config: {e}") from None
+    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    others = {k: v for k, v in state.items() if not k.startswith("model.")}
+    return Checkpoint(path, config, model_state, others, trainer)
+
+
+def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: checkpoint {da[k]!r}, model {db[k]!r}" for k in sorted(da) if da[k] != db.get(k)]
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy the checkpoint's weights into ``model``, or explain exactly what does not match."""
+    own = model.state_dict()
+    problems = []
+    missing = sorted(set(own) - set(checkpoint.model_state))
+    unexpected = sorted(set(checkpoint.model_state) - set(own))
+    if missing:
+        problems.append(f"missing from the checkpoint: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"not in the model: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    for name in sorted(set(own) & set(checkpoint.model_state)):
+        a, b = checkpoint.model_state[name], own[name]
+        if a.shape != b.shape:
+            problems.append(f"{name}: checkpoint shape {tuple(a.shape)}, model shape {tuple(b.shape)}")
+    if problems:
+        diffs = _config_differences(checkpoint.config, model.config) if isinstance(getattr(model, "config", None), ModelConfig) else []
+        hint = f" Config fields that differ: {'; '.join(diffs)}." if diffs else ""
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint.path)!r} does not fit this model: {'; '.join(problems[:6])}.{hint} "
+            "Build the model from the checkpoint's own config (llmcourse.checkpoint.load_model)."
+        )
+    model.load_state_dict(checkpoint.model_state, strict=True)
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Build the model a checkpoint describes and load its weights."""
+    from .models import build_model  # models sit above checkpoints in the import ladder
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt.config)
+    load_weights(model, ckpt)
+    return model

@@ -1,0 +1,254 @@
+"""One configuration that selects every variant of every model in the course.
+
+Shape legend (used in every module): ``B`` batch, ``T`` query length, ``S`` key
+length, ``D`` d_model, ``H`` heads, ``K`` kv heads, ``Dh`` head_dim, ``F`` d_ff,
+``V`` vocab, ``E`` experts, ``N = B*T`` tokens.
+
+A :class:`ModelConfig` validates itself when it is built (and again on
+:func:`dataclasses.replace`): an impossible combination raises ``ValueError``
+naming the field and the fix, so a mistake never turns into a silently wrong
+model. Later chapters add variants as new *values* of these fields, never as
+new model classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# The names each option accepts. Components register their implementations
+# under exactly these names; the config is the single place that lists them.
+ARCHS = ("decoder", "encoder_decoder")
+MASKS = ("causal", "prefix")
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "deepnorm")
+FFNS = ("relu", "gelu", "gelu_tanh", "swish", "glu", "reglu", "geglu", "swiglu", "bilinear")
+POSITIONS = ("learned", "sinusoidal", "t5", "alibi", "rope", "none")
+ROPE_PAIRINGS = ("half", "interleaved")
+ATTN_IMPLS = ("explicit", "sdpa", "flash", "performer")
+ATTN_PATTERNS = ("full", "strided", "fixed", "bigbird", "window")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not a known option; choose one of {', '.join(allowed)}.")
+
+
+def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive integer.")
+
+
+@dataclass
+class ModelConfig:
+    """Every architectural choice of a model, validated on construction.
+
+    Sizes follow the course's vocabulary (``d_model n_heads n_kv_heads head_dim
+    d_ff n_layers vocab_size max_seq_len dropout bias norm_eps rope_theta
+    n_experts top_k``). ``None`` means "derive the usual default", documented
+    per field; :meth:`resolved` fills those in.
+    """
+
+    # --- sizes -----------------------------------------------------------
+    vocab_size: int = 256
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: n_heads (multi-head); 1: multi-query; else grouped-query
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: 4 * d_model
+    n_layers: int = 4  # decoder layers (or the only stack of a decoder-only model)
+    n_encoder_layers: int | None = None  # encoder-decoder only; None: n_layers
+    max_seq_len: int = 64  # training context; positions beyond it need extrapolate=True
+    dropout: float = 0.0
+    # --- architecture ----------------------------------------------------
+    arch: str = "decoder"  # decoder | encoder_decoder
+    mask: str = "causal"  # decoder self-attention: causal | prefix (bidirectional over a prefix)
+    # --- normalization ---------------------------------------------------
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_bias: bool | None = None  # LayerNorm's beta; None: same as `bias`
+    norm_eps: float = 1e-5
+    norm_placement: str = "pre"  # pre | post | sandwich | deepnorm
+    embed_norm: bool = False  # an extra norm right after the embedding (BLOOM)
+    final_norm: bool | None = None  # None: True for pre/sandwich, False for post/deepnorm
+    # --- feed-forward ----------------------------------------------------
+    ffn: str = "gelu"  # relu gelu gelu_tanh swish glu reglu geglu swiglu bilinear
+    # --- positions -------------------------------------------------------
+    position: str = "learned"  # learned sinusoidal t5 alibi rope none
+    rope_theta: float = 10000.0
+    rope_pairing: str = "half"  # half (Llama/GPT-NeoX) | interleaved (RoFormer paper)
+    rotary_dim: int | None = None  # None: the whole head (GPT-NeoX rotates part of it)
+    rel_num_buckets: int = 32  # T5 relative buckets
+    rel_max_distance: int = 128
+    # --- attention -------------------------------------------------------
+    attn_impl: str = "explicit"  # explicit | sdpa | flash | performer
+    attn_pattern: str = "full"  # full | strided | fixed | bigbird | window (sparse patterns)
+    attn_block: int = 16  # block size / stride / window of sparse patterns
+    attn_global_blocks: int = 1  # BigBird global blocks
+    attn_random_blocks: int = 1  # BigBird random blocks per query block
+    performer_features: int = 64  # random features of FAVOR+
+    attn_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+    bias: bool = True  # biases in every linear layer (and norms unless norm_bias says otherwise)
+    # --- residual wiring and head ---------------------------------------
+    parallel_residual: bool = False  # x + attn(norm(x)) + ffn(norm(x)) (GPT-J, GPT-NeoX, PaLM)
+    tie_embeddings: bool = True  # output projection shares the token embedding
+    share_embeddings: bool = True  # encoder-decoder: one token embedding for both stacks
+    logit_scale: float = 1.0  # multiply hidden states before the head (T5 v1.0 tied: d_model**-0.5)
+    # --- initialisation --------------------------------------------------
+    init_std: float = 0.02
+    scaled_residual_init: bool = True  # GPT-2: residual projections scaled by 1/sqrt(2 * n_layers)
+    # --- mixture of experts (chapter 06) ----------------------------------
+    n_experts: int = 0  # 0: dense feed-forward
+    top_k: int = 1
+    # --- special tokens (encoder-decoder and padding) ---------------------
+    pad_token_id: int | None = None
+    decoder_start_token_id: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes; never read by models
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len",
+                     "rel_num_buckets", "rel_max_distance", "attn_block", "performer_features"):
+            _positive(name, getattr(self, name))
+        for name in ("n_kv_heads", "head_dim", "d_ff", "n_encoder_layers", "rotary_dim"):
+            _positive(name, getattr(self, name), allow_none=True)
+        _choice("arch", self.arch, ARCHS)
+        _choice("mask", self.mask, MASKS)
+        _choice("norm", self.norm, NORMS)
+        _choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
+        _choice("ffn", self.ffn, FFNS)
+        _choice("position", self.position, POSITIONS)
+        _choice("rope_pairing", self.rope_pairing, ROPE_PAIRINGS)
+        _choice("attn_impl", self.attn_impl, ATTN_IMPLS)
+        _choice("attn_pattern", self.attn_pattern, ATTN_PATTERNS)
+        if self.head_dim is None and self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                f"choose n_heads among the divisors of d_model "
+                f"({', '.join(str(h) for h in _divisors(self.d_model))}) or set head_dim explicitly."
+            )
+        kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+        if self.n_heads % kv != 0:
+            raise ValueError(
+                f"n_kv_heads={kv} must divide n_heads={self.n_heads} (each kv head serves a group of "
+                f"query heads); choose one of {', '.join(str(h) for h in _divisors(self.n_heads))}."
+            )
+        hd = self.resolved_head_dim
+        if self.rotary_dim is not None:
+            if self.rotary_dim > hd or self.rotary_dim % 2:
+                raise ValueError(
+                    f"rotary_dim={self.rotary_dim} must be even and at most head_dim={hd}; "
+                    "rotary embeddings rotate pairs of dimensions within one head."
+                )
+        if self.position == "rope" and hd % 2:
+            raise ValueError(f"position='rope' needs an even head_dim, got head_dim={hd}; change d_model or n_heads.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1).")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps={self.norm_eps} must be positive.")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive.")
+        if self.arch == "encoder_decoder" and self.mask != "causal":
+            raise ValueError(
+                "mask='prefix' applies to decoder-only models; an encoder-decoder already encodes its "
+                "input bidirectionally. Use arch='decoder' with mask='prefix', or mask='causal'."
+            )
+        if self.parallel_residual and self.norm_placement != "pre":
+            raise ValueError(
+                f"parallel_residual=True is defined for norm_placement='pre' (GPT-J, GPT-NeoX, PaLM), "
+                f"not {self.norm_placement!r}; set norm_placement='pre' or parallel_residual=False."
+            )
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
+            raise ValueError(
+                f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}; n_experts=0 means dense."
+            )
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} must be a token id below vocab_size={self.vocab_size}.")
+        if not 0 <= self.decoder_start_token_id < self.vocab_size:
+            raise ValueError(
+                f"decoder_start_token_id={self.decoder_start_token_id} must be below vocab_size={self.vocab_size}."
+            )
+
+    # --- derived values ----------------------------------------------------
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def resolved_n_kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def resolved_d_ff(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def resolved_n_encoder_layers(self) -> int:
+        return self.n_encoder_layers if self.n_encoder_layers is not None else self.n_layers
+
+    @property
+    def resolved_final_norm(self) -> bool:
+        if self.final_norm is not None:
+            return self.final_norm
+        return self.norm_placement in ("pre", "sandwich")
+
+    @property
+    def resolved_norm_bias(self) -> bool:
+        return self.bias if self.norm_bias is None else self.norm_bias
+
+    @property
+    def resolved_rotary_dim(self) -> int:
+        return self.rotary_dim if self.rotary_dim is not None else self.resolved_head_dim
+
+    @property
+    def resolved_attn_scale(self) -> float:
+        return self.attn_scale if self.attn_scale is not None else 1.0 / math.sqrt(self.resolved_head_dim)
+
+    def deepnorm_constants(self, stack: str = "decoder") -> tuple[float, float]:
+        """DeepNet's ``(alpha, beta)`` for this architecture (Wang et al. 2022, table 1).
+
+        ``alpha`` multiplies the residual, ``beta`` scales the initial weights of
+        the value and output projections and of the feed-forward layers.
+
+        - decoder-only, N layers: alpha = (2N)^(1/4), beta = (8N)^(-1/4)
+        - encoder-decoder, N encoder and M decoder layers:
+          encoder alpha = 0.81 (N^4 M)^(1/16), beta = 0.87 (N^4 M)^(-1/16);
+          decoder alpha = (3M)^(1/4), beta = (12M)^(-1/4)
+        """
+        m = self.n_layers
+        if self.arch == "decoder":
+            return (2 * m) ** 0.25, (8 * m) ** -0.25
+        n = self.resolved_n_encoder_layers
+        if stack == "encoder":
+            return 0.81 * (n**4 * m) ** (1 / 16), 0.87 * (n**4 * m) ** (-1 / 16)
+        if stack == "decoder":
+            return (3 * m) ** 0.25, (12 * m) ** -0.25
+        raise ValueError(f"stack={stack!r} must be 'encoder' or 'decoder'.")
+
+    # --- (de)serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown ModelConfig field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}."
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

@@ -1,0 +1,140 @@
+"""Honest comparisons: train several variants over several seeds, report the spread, plot it.
+
+Every chapter's comparison goes through :func:`run_variants`, so every one
+states its budget (steps, tokens, parameters) the same way and shows the
+seed-to-seed spread next to the differences it claims.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import torch
+
+from .config import ModelConfig
+from .data import LMBatches
+from .ffn import count_parameters
+from .models import build_model
+from .objectives import lm_loss
+from .progress import progress_bar
+from .train import BatchFn, History, LossFn, TrainConfig, Trainer
+
+
+@dataclass
+class RunResult:
+    name: str
+    seed: int
+    params: int
+    tokens: int  # training tokens seen (inputs, not counting padding)
+    history: History
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.history.final_val_loss
+
+
+def run_variants(
+    variants: dict[str, ModelConfig],
+    train_cfg: TrainConfig,
+    train_batches: BatchFn | None = None,
+    val_batches: BatchFn | None = None,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    loss_fn: LossFn = lm_loss,
+    corpus=None,
+    stop_on_divergence: bool = False,
+    desc: str = "runs",
+) -> list[RunResult]:
+    """Train each variant once per seed (model init, batch order and dropout all follow the seed).
+
+    Give either ``corpus`` (language modelling on its train/val split at each
+    model's ``max_seq_len``) or explicit ``train_batches``/``val_batches``.
+    One progress bar counts the runs.
+    """
+    if corpus is None and train_batches is None:
+        raise ValueError("give run_variants a corpus or train_batches (and val_batches).")
+    results = []
+    bar = progress_bar(len(variants) * len(seeds), desc, train_cfg.progress)
+    for name, cfg in variants.items():
+        tb, vb = train_batches, val_batches
+        if corpus is not None:
+            tb = LMBatches(corpus.train_ids, train_cfg.batch_size, cfg.max_seq_len)
+            vb = LMBatches(corpus.val_ids, train_cfg.batch_size, cfg.max_seq_len)
+        for seed in seeds:
+            model = build_model(cfg, seed=seed)
+            run_cfg = replace(train_cfg, seed=seed, progress=False)
+            trainer = Trainer(model, run_cfg, tb, vb, loss_fn)
+            history = trainer.train(stop_on_divergence=stop_on_divergence)
+            probe = tb(torch.Generator().manual_seed(0))["input_ids"]
+            tokens = probe.numel() * len(history.step)
+            results.append(RunResult(name, seed, count_parameters(model), tokens, history))
+            bar.set_postfix_str(f"{name} seed {seed}", refresh=False)
+            bar.update(1)
+    bar.close()
+    return results
+
+
+def summarize(results: list[RunResult], metric: Callable[[RunResult], float] | None = None) -> list[dict]:
+    """One row per variant: parameters, tokens, mean, standard deviation, min and max over seeds."""
+    metric = metric or (lambda r: r.final_val_loss)
+    rows = []
+    for name in dict.fromkeys(r.name for r in results):
+        runs = [r for r in results if r.name == name]
+        values = [metric(r) for r in runs]
+        rows.append({
+            "variant": name,
+            "params": runs[0].params,
+            "tokens": runs[0].tokens,
+            "seeds": len(runs),
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "values": values,
+        })
+    return rows
+
+
+def format_table(rows: list[dict], digits: int = 3, sort: bool = True) -> str:
+    """A fixed-width text table of :func:`summarize` rows (rounded, so it reads the same on every CPU)."""
+    if sort:
+        rows = sorted(rows, key=lambda r: r["mean"])
+    width = max(len(r["variant"]) for r in rows)
+    lines = [f"{'variant':<{width}}  {'params':>9}  {'mean':>7}  {'std':>6}  {'min':>7}  {'max':>7}"]
+    for r in rows:
+        lines.append(
+            f"{r['variant']:<{width}}  {r['params']:>9,}  {r['mean']:>7.{digits}f}  {r['std']:>6.{digits}f}  "
+            f"{r['min']:>7.{digits}f}  {r['max']:>7.{digits}f}"
+        )
+    return "\n".join(lines)
+
+
+def within_noise(rows: list[dict], a: str, b: str) -> bool:
+    """True when two variants' seed ranges overlap: the data cannot rank them."""
+    ra = next(r for r in rows if r["variant"] == a)
+    rb = next(r for r in rows if r["variant"] == b)
+    return not (ra["max"] < rb["min"] or rb["max"] < ra["min"])
+
+
+def plot_curves(results: list[RunResult], ax=None, metric: str = "val_loss", title: str | None = None):
+    """Mean curve per variant with a band from the best to the worst seed."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    for name in dict.fromkeys(r.name for r in results):
+        runs = [r for r in results if r.name == name]
+        xs = runs[0].history.eval_step if metric == "val_loss" else runs[0].history.step
+        n = min(len(getattr(r.history, metric)) for r in runs)
+        curves = torch.tensor([getattr(r.history, metric)[:n] for r in runs])
+        (line,) = ax.plot(xs[:n], curves.mean(0), label=name)
+        if len(runs) > 1:
+            ax.fill_between(xs[:n], curves.min(0).values, curves.max(0).values, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric.replace("_", " "))
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax

@@ -1,0 +1,276 @@
+"""Models assembled from blocks: the decoder (causal or prefix) and the encoder-decoder.
+
+Shape legend: ``B`` batch, ``T`` target/decoder length, ``S`` source/encoder
+length, ``D`` d_model, ``V`` vocab.
+
+Both models return logits ``(B, T, V)``; a loss is the objective's business
+(:mod:`llmcourse.objectives`). The three architectures of the survey differ only
+in who may attend to whom: the causal decoder uses a causal mask, the prefix
+decoder a prefix mask over the *same* weights (:func:`to_prefix_decoder`), and the
+encoder-decoder a bidirectional encoder plus a causal decoder with cross-attention.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Block, LayerCache, init_weights
+from .config import ModelConfig
+from .masks import combine, padding_bias, prefix_bias
+from .norms import make_norm
+from .positions import build_positions
+
+
+class Stack(nn.Module):
+    """Positions, optional embedding norm, ``n_layers`` blocks and an optional final norm.
+
+    Shapes: ``h (B, T, D)`` token embeddings -> ``(B, T, D)`` hidden states.
+    """
+
+    def __init__(self, config: ModelConfig, n_layers: int, *, bidirectional: bool, cross_attention: bool, stack: str) -> None:
+        super().__init__()
+        alpha, beta = config.deepnorm_constants(stack) if config.norm_placement == "deepnorm" else (1.0, None)
+        self.positions = build_positions(config, bidirectional=bidirectional or config.mask == "prefix")
+        D, eps, nb = config.d_model, config.norm_eps, config.resolved_norm_bias
+        self.embed_norm = make_norm(config.norm, D, eps, nb) if config.embed_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, cross_attention, alpha) for _ in range(n_layers))
+        self.final_norm = make_norm(config.norm, D, eps, nb) if config.resolved_final_norm else None
+        init_weights(self, config, n_layers, beta)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        *,
+        offset: int = 0,
+        bias: torch.Tensor | None = None,
+        causal: bool = False,
+        context: torch.Tensor | None = None,
+        context_bias: torch.Tensor | None = None,
+        caches: list[LayerCache] | None = None,
+    ) -> torch.Tensor:
+        T = h.shape[1]
+        positions = torch.arange(offset, offset + T, device=h.device)
+        h = self.positions.embed(h, positions)
+        if self.embed_norm is not None:
+            h = self.embed_norm(h)
+        h = self.dropout(h)
+        # computed once per stack and shared by every layer (T5 buckets, ALiBi)
+        bias = combine(bias, self.positions.attn_bias(T, offset + T, offset, device=h.device))
+        rope = self.positions.rotary(positions)
+        for i, block in enumerate(self.blocks):
+            h = block(
+                h, bias=bias, causal=causal, rope=rope, context=context, context_bias=context_bias,
+                cache=caches[i] if caches is not None else None,
+            )
+        return self.final_norm(h) if self.final_norm is not None else h
+
+
+def _check_ids(ids: torch.Tensor, config: ModelConfig, name: str) -> None:
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must be a (B, T) tensor of token ids, got shape {tuple(ids.shape)}.")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}.")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
+        raise ValueError(
+            f"{name} holds token ids outside [0, {config.vocab_size}) (min {int(ids.min())}, max {int(ids.max())}); "
+            "encode with the tokenizer the model was built for, or raise vocab_size."
+        )
+
+
+def _check_length(total: int, config: ModelConfig, extrapolate: bool, name: str) -> None:
+    if total > config.max_seq_len and not extrapolate:
+        raise ValueError(
+            f"{name} reaches length {total}, longer than the model's context max_seq_len={config.max_seq_len}; "
+            "crop the input to the last max_seq_len tokens, build the model with a larger max_seq_len, "
+            "or pass extrapolate=True to evaluate past the training length on purpose."
+        )
+
+
+class _LMHead(nn.Module):
+    """Shared pieces of both models: token embedding and output projection (tied or not)."""
+
+    def _init_head(self, config: ModelConfig) -> None:
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, 0.0, config.init_std)
+
+    def _logits(self, h: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
+        h = h * self.config.logit_scale if self.config.logit_scale != 1.0 else h
+        return self.lm_head(h) if self.lm_head is not None else F.linear(h, embedding.weight)  # (B, T, V)
+
+
+class DecoderLM(_LMHead):
+    """Decoder-only language model: a causal decoder, or a prefix decoder when ``config.mask == 'prefix'``.
+
+    ``model(input_ids)`` -> logits ``(B, T, V)``. Optional: ``prefix_len`` (int or ``(B,)``; prefix
+    decoders only), ``attention_mask`` ``(B, S)`` with 0 on padding, ``cache`` from :meth:`new_cache`
+    for incremental decoding, ``extrapolate=True`` to run past ``max_seq_len``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch != "decoder":
+            raise ValueError(f"DecoderLM needs arch='decoder', got {config.arch!r}; use build_model(config).")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        nn.init.normal_(self.tok_emb.weight, 0.0, config.init_std)
+        self.decoder = Stack(config, config.n_layers, bidirectional=False, cross_attention=False, stack="decoder")
+        self._init_head(config)
+
+    def new_cache(self) -> list[LayerCache]:
+        return [LayerCache() for _ in self.decoder.blocks]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        prefix_len: torch.Tensor | int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        extrapolate: bool = False,
+    ) -> torch.Tensor:
+        cfg = self.config
+        _check_ids(input_ids, cfg, "input_ids")
+        B, T = input_ids.shape
+        offset = cache[0].self_attn.length if cache else 0
+        _check_length(offset + T, cfg, extrapolate, "input_ids")
+        if prefix_len is not None and cfg.mask != "prefix":
+            raise ValueError(
+                "prefix_len was given but this is a causal decoder (config.mask='causal'); convert it with "
+                "llmcourse.models.to_prefix_decoder(model) to use a prefix mask over the same weights."
+            )
+        causal, bias = True, None
+        if cfg.mask == "prefix" and offset == 0:
+            if prefix_len is None:
+                raise ValueError("a prefix decoder needs prefix_len (an int, or a (B,) tensor of per-example lengths).")
+            causal, bias = False, prefix_bias(prefix_len, T, batch_size=B, device=input_ids.device)
+        # after the prefix has been encoded into the cache, new tokens are causal again
+        if attention_mask is not None:
+            if attention_mask.shape != (B, offset + T):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, S) = {(B, offset + T)} "
+                    "(one entry per key, cached keys included)."
+                )
+            bias = combine(bias, padding_bias(attention_mask))
+        h = self.tok_emb(input_ids)  # (B, T, D)
+        h = self.decoder(h, offset=offset, bias=bias, causal=causal, caches=cache)
+        return self._logits(h, self.tok_emb)
+
+
+class EncoderDecoderLM(_LMHead):
+    """Encoder-decoder (original Transformer, T5): ``model(input_ids, decoder_input_ids)`` -> ``(B, T, V)``.
+
+    The encoder sees its whole input (bidirectional); the decoder is causal and
+    cross-attends to every encoder position. Padding in the source is hidden by
+    ``attention_mask (B, S)``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch != "encoder_decoder":
+            raise ValueError(f"EncoderDecoderLM needs arch='encoder_decoder', got {config.arch!r}; use build_model(config).")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        nn.init.normal_(self.tok_emb.weight, 0.0, config.init_std)
+        self.dec_emb = None
+        if not config.share_embeddings:
+            self.dec_emb = nn.Embedding(config.vocab_size, config.d_model)
+            nn.init.normal_(self.dec_emb.weight, 0.0, config.init_std)
+        self.encoder = Stack(config, config.resolved_n_encoder_layers, bidirectional=True, cross_attention=False, stack="encoder")
+        self.decoder = Stack(config, config.n_layers, bidirectional=False, cross_attention=True, stack="decoder")
+        self._init_head(config)
+
+    @property
+    def decoder_embedding(self) -> nn.Embedding:
+        return self.dec_emb if self.dec_emb is not None else self.tok_emb
+
+    def new_cache(self) -> list[LayerCache]:
+        return [LayerCache() for _ in self.decoder.blocks]
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, extrapolate: bool = False) -> torch.Tensor:
+        """Shapes: ``(B, S) -> (B, S, D)``."""
+        _check_ids(input_ids, self.config, "input_ids")
+        _check_length(input_ids.shape[1], self.config, extrapolate, "input_ids")
+        bias = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they must match.")
+            bias = padding_bias(attention_mask)
+        return self.encoder(self.tok_emb(input_ids), bias=bias, causal=False)
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        extrapolate: bool = False,
+    ) -> torch.Tensor:
+        """Shapes: ``decoder_input_ids (B, T)``, ``memory (B, S, D)`` -> logits ``(B, T, V)``."""
+        _check_ids(decoder_input_ids, self.config, "decoder_input_ids")
+        if memory.shape[0] != decoder_input_ids.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: the encoder output has {memory.shape[0]} examples, decoder_input_ids "
+                f"{decoder_input_ids.shape[0]}; pass one decoder sequence per source sequence."
+            )
+        offset = cache[0].self_attn.length if cache else 0
+        _check_length(offset + decoder_input_ids.shape[1], self.config, extrapolate, "decoder_input_ids")
+        context_bias = padding_bias(attention_mask) if attention_mask is not None else None
+        h = self.decoder(
+            self.decoder_embedding(decoder_input_ids), offset=offset, causal=True,
+            context=memory, context_bias=context_bias, caches=cache,
+        )
+        return self._logits(h, self.decoder_embedding)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        extrapolate: bool = False,
+    ) -> torch.Tensor:
+        if input_ids.shape[0] != decoder_input_ids.shape[0]:
+            raise ValueError(
+                f"batch sizes differ: input_ids has {input_ids.shape[0]} examples, decoder_input_ids "
+                f"{decoder_input_ids.shape[0]}; pass one decoder sequence per source sequence."
+            )
+        memory = self.encode(input_ids, attention_mask, extrapolate)
+        return self.decode(decoder_input_ids, memory, attention_mask, extrapolate=extrapolate)
+
+
+def build_model(config: ModelConfig, seed: int | None = None) -> nn.Module:
+    """The model ``config.arch`` names, initialised under ``seed`` when one is given."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    if config.arch == "decoder":
+        return DecoderLM(config)
+    return EncoderDecoderLM(config)
+
+
+def to_prefix_decoder(model: DecoderLM) -> DecoderLM:
+    """The survey's tip, made explicit: a causal decoder becomes a prefix decoder by changing its mask only.
+
+    Returns a new model that *shares* every parameter with ``model``; only
+    ``config.mask`` differs. (T5-style relative buckets switch to their
+    bidirectional form, which reuses the same learned table.)
+    """
+    if not isinstance(model, DecoderLM):
+        raise ValueError(f"to_prefix_decoder converts a DecoderLM, got {type(model).__name__}.")
+    converted = copy.copy(model)  # shallow: same submodules, same parameters
+    converted._modules = dict(model._modules)
+    converted.config = model.config.replace(mask="prefix")
+    positions = model.decoder.positions
+    if getattr(positions, "kind", None) == "t5":
+        stack = copy.copy(model.decoder)
+        stack._modules = dict(model.decoder._modules)
+        pos = copy.copy(positions)
+        pos.bidirectional = True
+        stack._modules["positions"] = pos
+        converted._modules["decoder"] = stack
+    return converted
