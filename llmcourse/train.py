@@ -153,7 +153,7 @@ class Trainer:
         loss = self.loss_fn(self.model, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"the loss became {float(loss)} at step {self.step + 1}; training diverged. Lower the learning rate, "
+                f"the loss became {float(loss.detach())} at step {self.step + 1}; training diverged. Lower the learning rate, "
                 "add warmup or gradient clipping (and save checkpoints to resume from)."
             )
         loss.backward()
@@ -162,7 +162,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return float(loss), grad_norm
+        return float(loss.detach()), grad_norm
 
     def train(self, until: int | None = None, stop_on_divergence: bool = False) -> History:
         """Train up to step ``until`` (default ``cfg.steps``) and return the history so far.

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from llmcourse import build_model
+from llmcourse.checkpoint import CheckpointError, load_checkpoint, load_model, load_weights, save_checkpoint
+
+
+def _ids(config):
+    return torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(norm="rmsnorm", ffn="swiglu", position="rope", bias=False, n_kv_heads=2)])
+def test_round_trip_reproduces_logits_exactly(tiny_config, tmp_path, variant):
+    config = tiny_config.replace(**variant)
+    model = build_model(config, seed=1)
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    again = load_model(path)
+    model.eval(), again.eval()
+    assert again.config == config
+    assert torch.equal(model(_ids(config)), again(_ids(config)))
+
+
+def test_truncated_checkpoint_is_a_clear_error(tiny_config, tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(tiny_config, seed=0))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="m.safetensors.*truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_flipped_bytes_fail_the_checksum(tiny_config, tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(tiny_config, seed=0))
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # inside the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path)
+
+
+def test_mismatched_checkpoint_names_the_tensor_and_the_config_field(tiny_config, tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(tiny_config, seed=0))
+    other = build_model(tiny_config.replace(d_model=64), seed=0)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(other, load_checkpoint(path))
+    message = str(err.value)
+    assert "weight: checkpoint shape (" in message and "d_model: checkpoint 32, model 64" in message
+
+
+def test_foreign_safetensors_and_missing_file(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not an llmcourse checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "absent.safetensors")
+
+
+def test_crash_mid_write_keeps_the_previous_checkpoint(tiny_config, tmp_path, monkeypatch):
+    model = build_model(tiny_config, seed=0)
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    before = path.read_bytes()
+
+    import llmcourse.checkpoint as ck
+
+    def crash(state, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(ck, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, build_model(tiny_config, seed=5))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
+    load_checkpoint(path)
+
+
+def test_no_pickle_in_the_file(tiny_config, tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(tiny_config, seed=0))
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8 : 8 + header_len])
+    assert header["__metadata__"]["format"] == "llmcourse-checkpoint-1"
+    assert json.loads(header["__metadata__"]["config"])["d_model"] == 32

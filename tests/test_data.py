@@ -1,0 +1,54 @@
+import torch
+import pytest
+
+from llmcourse.data import LMBatches, corpus_text, load_corpus, markdown_play_to_text
+
+
+def test_own_text_file_is_a_corpus(tmp_path, text):
+    path = tmp_path / "mine.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = load_corpus(path, val_fraction=0.1)
+    assert corpus.tokenizer.decode(torch.cat([corpus.train_ids, corpus.val_ids]).tolist()) == text
+    assert len(corpus.val_ids) == int(len(text) * 0.1)
+
+
+def test_split_is_deterministic(tmp_path, text):
+    path = tmp_path / "mine.txt"
+    path.write_text(text, encoding="utf-8")
+    a, b = load_corpus(path), load_corpus(path)
+    assert torch.equal(a.train_ids, b.train_ids) and torch.equal(a.val_ids, b.val_ids)
+
+
+def test_missing_and_empty_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_corpus(tmp_path / "nope.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="is empty"):
+        load_corpus(empty)
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00abc")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_corpus(binary)
+
+
+def test_builtin_shakespeare_corpus():
+    text = corpus_text("shakespeare", plays=1)
+    assert "A Midsummer Night" in text[:200]
+    assert "**" not in text and "_" not in text
+
+
+def test_markdown_conversion():
+    md = "# Play\n\n## ACT I\n\n_Enter HAMLET_\n\n**HAMLET**  \nTo be \u2014 or not.  \n"
+    assert markdown_play_to_text(md) == "Play\n\nACT I\n\nEnter HAMLET\n\nHAMLET:\nTo be -- or not.\n"
+
+
+def test_batches_are_shifted_windows_and_deterministic(token_ids):
+    batches = LMBatches(token_ids, batch_size=4, seq_len=16)
+    b1 = batches(torch.Generator().manual_seed(3))
+    b2 = batches(torch.Generator().manual_seed(3))
+    assert b1["input_ids"].shape == (4, 16)
+    assert torch.equal(b1["input_ids"], b2["input_ids"])
+    assert torch.equal(b1["input_ids"][:, 1:], b1["targets"][:, :-1])
+    with pytest.raises(ValueError, match="too few"):
+        LMBatches(token_ids[:10], batch_size=2, seq_len=16)
