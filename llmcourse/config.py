@@ -161,6 +161,12 @@ class ModelConfig:
                 f"parallel_residual=True is defined for norm_placement='pre' (GPT-J, GPT-NeoX, PaLM), "
                 f"not {self.norm_placement!r}; set norm_placement='pre' or parallel_residual=False."
             )
+        if self.attn_impl == "performer" and (self.attn_pattern != "full" or self.position in ("t5", "alibi") or self.mask == "prefix"):
+            raise ValueError(
+                "attn_impl='performer' never forms the T x S score matrix, so it cannot apply a bias that depends on "
+                "query and key (attn_pattern other than 'full', position 't5' or 'alibi', mask 'prefix'); "
+                "use attn_impl='explicit', 'sdpa' or 'flash' for those."
+            )
         if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
             raise ValueError(
                 f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}; n_experts=0 means dense."

@@ -99,3 +99,155 @@ def combine(*biases: torch.Tensor | None) -> torch.Tensor | None:
 def allowed_from_bias(bias: torch.Tensor) -> torch.Tensor:
     """Which entries of a bias are visible (the inverse of :func:`allowed_to_bias`, for plotting and tests)."""
     return bias > MASKED / 2
+
+
+# --- sparse attention patterns (chapter 05) ------------------------------------
+# Each pattern is a rule "may the query at absolute position i see the key at
+# position j?", written for broadcasting position tensors, so the same rule
+# gives the whole (T, S) matrix for a plot, one tile of it for a tiled kernel,
+# or the rows of the newest tokens during cached decoding.
+
+SPARSE_PATTERNS = ("strided", "fixed", "bigbird", "window")
+
+
+def window_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, causal: bool = True) -> torch.Tensor:
+    """Sliding window: ``0 <= i - j < window`` (causal) or ``|i - j| < window``."""
+    d = q_pos - k_pos
+    return (d >= 0) & (d < window) if causal else d.abs() < window
+
+
+def strided_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, stride: int, causal: bool = True) -> torch.Tensor:
+    """Sparse Transformer's strided pattern (Child et al. 2019, eq. for A^(1), A^(2)), both heads merged.
+
+    ``A1``: the previous ``stride`` positions (``i - j < stride``); ``A2``: every
+    ``stride``-th position (``(i - j) mod stride == 0``). A query reaches any key
+    in two steps, and sees about ``stride + T / stride`` keys: ``O(T sqrt T)``
+    work for ``stride ~ sqrt(T)``.
+    """
+    d = q_pos - k_pos
+    allowed = (d.abs() < stride) | (torch.remainder(d, stride) == 0)
+    return allowed & (d >= 0) if causal else allowed
+
+
+def fixed_allowed(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, block: int, summary: int | None = None, causal: bool = True
+) -> torch.Tensor:
+    """Sparse Transformer's fixed pattern: the query's own block, plus the last ``summary`` positions of every block.
+
+    ``A1``: ``floor(j / l) == floor(i / l)``; ``A2``: ``j mod l >= l - c``, with
+    block ``l`` and ``c = summary`` (default ``max(1, l // 16)``; the paper uses
+    ``c`` in {8, 16, 32} for ``l`` in {128, 256}). The summary positions carry
+    each block's content to every later query.
+    """
+    c = default_summary(block) if summary is None else summary
+    allowed = (torch.div(q_pos, block, rounding_mode="floor") == torch.div(k_pos, block, rounding_mode="floor")) | (
+        torch.remainder(k_pos, block) >= block - c
+    )
+    return allowed & (q_pos >= k_pos) if causal else allowed
+
+
+def default_summary(block: int) -> int:
+    """Summary positions per block of the fixed pattern when none is given: ``max(1, block // 16)``."""
+    return max(1, block // 16)
+
+
+def bigbird_random_blocks(
+    n_blocks: int, random_blocks: int, global_blocks: int = 1, seed: int = 0, causal: bool = True
+) -> torch.Tensor:
+    """BigBird's random key blocks, ``random_blocks`` per query block, reproducible from ``seed``.
+
+    Candidates exclude the query block's window (blocks ``b-1, b, b+1``) and the
+    global blocks; a causal model draws only from earlier blocks. Each query
+    block's draw uses its own generator (seed and block index), so with
+    ``causal=True`` a block's choice never depends on the sequence length: cached
+    decoding sees the same pattern as a full forward pass. Rows with fewer
+    candidates than ``random_blocks`` are padded with ``-1``.
+
+    Shapes: returns ``(n_blocks, random_blocks)`` long.
+    """
+    table = torch.full((n_blocks, random_blocks), -1, dtype=torch.long)
+    for b in range(n_blocks):
+        hi = b - 1 if causal else n_blocks
+        candidates = [c for c in range(global_blocks, hi) if abs(c - b) > 1]
+        if not candidates or random_blocks == 0:
+            continue
+        g = torch.Generator().manual_seed(seed * 1_000_003 + b)
+        pick = torch.randperm(len(candidates), generator=g)[:random_blocks]
+        table[b, : len(pick)] = torch.tensor(candidates)[pick]
+    return table
+
+
+def bigbird_allowed(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    block: int,
+    global_blocks: int = 1,
+    random_blocks: int = 1,
+    seed: int = 0,
+    causal: bool = True,
+    n_blocks: int | None = None,
+) -> torch.Tensor:
+    """BigBird (Zaheer et al. 2020): a window of 3 blocks, ``global_blocks`` global blocks, ``random_blocks`` random ones.
+
+    Blocks are ``block`` positions wide. The first ``global_blocks`` blocks see
+    and are seen by every position; every query block sees its neighbours and
+    a few random blocks (:func:`bigbird_random_blocks`). ``n_blocks`` (default:
+    enough for the largest position given) sets the random table's size.
+    """
+    qb = torch.div(q_pos, block, rounding_mode="floor")
+    kb = torch.div(k_pos, block, rounding_mode="floor")
+    if n_blocks is None:
+        n_blocks = int(torch.maximum(q_pos.max(), k_pos.max())) // block + 1
+    table = bigbird_random_blocks(n_blocks, random_blocks, global_blocks, seed, causal).to(q_pos.device)
+    allowed = ((qb - kb).abs() <= 1) | (qb < global_blocks) | (kb < global_blocks)
+    if random_blocks:
+        allowed = allowed | (table[qb] == kb[..., None]).any(-1)
+    return allowed & (q_pos >= k_pos) if causal else allowed
+
+
+def pattern_allowed(
+    pattern: str,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    block: int = 16,
+    global_blocks: int = 1,
+    random_blocks: int = 1,
+    seed: int = 0,
+    causal: bool = True,
+    summary: int | None = None,
+) -> torch.Tensor:
+    """The rule of ``pattern`` (``ModelConfig.attn_pattern``) at broadcast positions; ``'full'`` allows everything (causally if asked).
+
+    ``block`` is the stride (strided), the block (fixed, bigbird) or the window (window).
+    """
+    if pattern == "full":
+        allowed = torch.ones(torch.broadcast_shapes(q_pos.shape, k_pos.shape), dtype=torch.bool, device=q_pos.device)
+        return allowed & (q_pos >= k_pos) if causal else allowed
+    if pattern == "strided":
+        return strided_allowed(q_pos, k_pos, block, causal)
+    if pattern == "fixed":
+        return fixed_allowed(q_pos, k_pos, block, summary, causal)
+    if pattern == "bigbird":
+        return bigbird_allowed(q_pos, k_pos, block, global_blocks, random_blocks, seed, causal)
+    if pattern == "window":
+        return window_allowed(q_pos, k_pos, block, causal)
+    raise ValueError(f"attn_pattern={pattern!r} is not a known pattern; choose one of full, {', '.join(SPARSE_PATTERNS)}.")
+
+
+def sparse_allowed(pattern: str, T: int, S: int | None = None, offset: int | None = None, device=None, **options) -> torch.Tensor:
+    """Boolean ``(T, S)`` matrix of ``pattern``: query ``i`` sits at position ``offset + i`` (default ``S - T``), key ``j`` at ``j``.
+
+    ``options`` are those of :func:`pattern_allowed` (``block``, ``global_blocks``,
+    ``random_blocks``, ``seed``, ``causal``, ``summary``).
+    """
+    S = T if S is None else S
+    offset = S - T if offset is None else offset
+    q_pos = torch.arange(T, device=device)[:, None] + offset
+    k_pos = torch.arange(S, device=device)[None, :]
+    return pattern_allowed(pattern, q_pos, k_pos, **options)
+
+
+def sparse_bias(pattern: str, T: int, S: int | None = None, offset: int | None = None, device=None, **options) -> torch.Tensor:
+    """:func:`sparse_allowed` as an additive bias. Shapes: returns ``(1, 1, T, S)``."""
+    return allowed_to_bias(sparse_allowed(pattern, T, S, offset, device, **options))[None, None]

@@ -20,7 +20,7 @@ from torch import nn
 
 from .blocks import Block, LayerCache, init_weights
 from .config import ModelConfig
-from .masks import combine, padding_bias, prefix_bias
+from .masks import combine, padding_bias, prefix_bias, sparse_bias
 from .norms import make_norm
 from .positions import build_positions
 
@@ -40,6 +40,7 @@ class Stack(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, cross_attention, alpha) for _ in range(n_layers))
         self.final_norm = make_norm(config.norm, D, eps, nb) if config.resolved_final_norm else None
+        self.config = config  # read for the sparse attention pattern (chapter 05)
         init_weights(self, config, n_layers, beta)
 
     def forward(
@@ -61,6 +62,12 @@ class Stack(nn.Module):
         h = self.dropout(h)
         # computed once per stack and shared by every layer (T5 buckets, ALiBi)
         bias = combine(bias, self.positions.attn_bias(T, offset + T, offset, device=h.device))
+        cfg = self.config
+        if cfg.attn_pattern != "full":  # a sparse pattern restricts self-attention on top of the mask (chapter 05)
+            bias = combine(bias, sparse_bias(
+                cfg.attn_pattern, T, offset + T, offset, device=h.device, block=cfg.attn_block,
+                global_blocks=cfg.attn_global_blocks, random_blocks=cfg.attn_random_blocks, causal=causal,
+            ))
         rope = self.positions.rotary(positions)
         for i, block in enumerate(self.blocks):
             h = block(
