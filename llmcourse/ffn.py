@@ -64,6 +64,7 @@ FFN_KINDS: dict[str, tuple[str, bool]] = {
     "geglu": ("gelu", True),
     "swiglu": ("swish", True),
     "bilinear": ("identity", True),
+    "geglu_tanh": ("gelu_tanh", True),  # T5 v1.1's "gated-gelu" (HF: gelu_new)
 }
 
 
