@@ -34,12 +34,12 @@ import torch
 from .masks import MASKED, bigbird_random_blocks, default_summary, pattern_allowed
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be (B, H, T, Dh), (B, H, S, Dh), (B, H, S, Dh); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}.")
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} do not fit together (repeat kv heads first).")
-    if q.shape[-2] > k.shape[-2]:
+    if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"there are more queries ({q.shape[-2]}) than keys ({k.shape[-2]}); queries are the last T of S positions.")
 
 
@@ -188,7 +188,7 @@ def flash_attention(
 
     Shapes: ``q (B, H, T, Dh)``, ``k, v (B, H, S, Dh)``, ``bias (1|B, 1|H, 1|T, 1|S)`` -> ``(B, H, T, Dh)``.
     """
-    _check_qkv(q, k, v)
+    _check_qkv(q, k, v, causal)
     if block_size <= 0:
         raise ValueError(f"block_size={block_size} must be a positive number of keys per tile.")
     p = dropout_p if training else 0.0
@@ -294,7 +294,7 @@ def performer_attention(
 
     Shapes: ``q (B, H, T, Dh)``, ``k, v (B, H, S, Dh)``, ``bias (1|B, 1|H, 1, S)``, ``gate (B, H, S)`` -> ``(B, H, T, Dh)``.
     """
-    _check_qkv(q, k, v)
+    _check_qkv(q, k, v, causal)
     if n_features <= 0:
         raise ValueError(f"n_features={n_features} must be a positive number of random features.")
     if gate is not None and not causal:
@@ -403,7 +403,7 @@ def sparse_attention(
 
     Shapes: ``q, k, v (B, H, T, Dh)`` -> ``(B, H, T, Dh)``.
     """
-    _check_qkv(q, k, v)
+    _check_qkv(q, k, v, causal)
     T, S = q.shape[-2], k.shape[-2]
     if T != S or T % block:
         raise ValueError(
