@@ -1,0 +1,119 @@
+"""Generation: batched equals one row at a time, cached equals uncached, sampling controls behave."""
+
+import pytest
+import torch
+
+from llmcourse import ModelConfig, build_model, generate, generate_seq2seq, to_prefix_decoder
+from llmcourse.generate import sample_next
+
+V = 19
+
+
+def _cfg(**kw) -> ModelConfig:
+    base = dict(vocab_size=V, d_model=32, n_heads=4, n_layers=2, max_seq_len=24, pad_token_id=0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def _ids(B=3, L=5, seed=0):
+    return torch.randint(1, V, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+DECODERS = [dict(), dict(position="rope"), dict(position="alibi"), dict(position="t5"), dict(mask="prefix")]
+
+
+@pytest.mark.parametrize("kw", DECODERS, ids=lambda kw: "-".join(kw.values()) or "learned")
+def test_decoder_cached_equals_uncached(kw):
+    model = build_model(_cfg(**kw), seed=0)
+    prompt = _ids()
+    cached = generate(model, prompt, 12, greedy=True, use_cache=True)
+    uncached = generate(model, prompt, 12, greedy=True, use_cache=False)
+    assert cached.shape == (3, 17)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[:, :5], prompt)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(position="t5"), dict(share_embeddings=False)], ids=["learned", "t5", "separate"])
+def test_encoder_decoder_cached_equals_uncached(kw):
+    model = build_model(_cfg(arch="encoder_decoder", **kw), seed=0)
+    src = _ids(L=9)
+    cached = generate_seq2seq(model, src, 10, greedy=True, use_cache=True)
+    uncached = generate_seq2seq(model, src, 10, greedy=True, use_cache=False)
+    assert cached.shape == (3, 11) and (cached[:, 0] == model.config.decoder_start_token_id).all()
+    assert torch.equal(cached, uncached)
+
+
+def test_cached_logits_equal_full_recomputation():
+    model = build_model(_cfg(arch="encoder_decoder", position="t5"), seed=0).eval()
+    src, tgt = _ids(L=7), _ids(L=6, seed=1)
+    with torch.no_grad():
+        full = model(src, tgt)
+        memory, cache = model.encode(src), model.new_cache()
+        steps = torch.cat([model.decode(tgt[:, t : t + 1], memory, cache=cache) for t in range(6)], dim=1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(mask="prefix")], ids=["causal", "prefix"])
+def test_decoder_batched_equals_one_row_at_a_time(kw):
+    model = build_model(_cfg(**kw), seed=0)
+    prompt = _ids()
+    batched = generate(model, prompt, 10, greedy=True)
+    for b in range(3):
+        assert torch.equal(batched[b : b + 1], generate(model, prompt[b : b + 1], 10, greedy=True))
+
+
+def test_encoder_decoder_batched_with_padded_sources():
+    model = build_model(_cfg(arch="encoder_decoder"), seed=0)
+    long, short = _ids(B=1, L=9, seed=1), _ids(B=1, L=4, seed=2)
+    src = torch.cat([long, torch.cat([short, torch.zeros(1, 5, dtype=torch.long)], 1)])
+    attn = torch.tensor([[1] * 9, [1] * 4 + [0] * 5])
+    batched = generate_seq2seq(model, src, 8, greedy=True, attention_mask=attn)
+    assert torch.equal(batched[:1], generate_seq2seq(model, long, 8, greedy=True))
+    assert torch.equal(batched[1:], generate_seq2seq(model, short, 8, greedy=True))
+
+
+def test_converted_prefix_decoder_generates_from_a_bidirectional_prompt():
+    causal = build_model(_cfg(), seed=0)
+    prefix = to_prefix_decoder(causal)
+    prompt = _ids(L=8)
+    out_c = generate(causal, prompt, 6, greedy=True)
+    out_p = generate(prefix, prompt, 6, greedy=True)
+    assert torch.equal(out_p, generate(prefix, prompt, 6, greedy=True, use_cache=False))
+    assert out_c.shape == out_p.shape
+    with torch.no_grad():  # same weights, another mask: the prompt is read differently
+        assert not torch.allclose(prefix(prompt, prefix_len=8)[:, -1], causal(prompt)[:, -1], atol=1e-6)
+
+
+def test_sampling_is_reproducible_and_top_k_one_is_greedy():
+    model = build_model(_cfg(), seed=0)
+    prompt = _ids()
+    a = generate(model, prompt, 10, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    b = generate(model, prompt, 10, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    greedy = generate(model, prompt, 10, greedy=True)
+    assert torch.equal(generate(model, prompt, 10, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
+    assert torch.equal(generate(model, prompt, 10, temperature=0.0), greedy)
+
+
+def test_top_k_only_picks_among_the_k_best():
+    logits = torch.tensor([[0.0, 5.0, 4.0, -1.0, 3.0]]).expand(200, 5)
+    picks = sample_next(logits, temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(picks.flatten().tolist()) <= {1, 2} and len(set(picks.flatten().tolist())) == 2
+
+
+def test_eos_stops_and_pads():
+    model = build_model(_cfg(arch="encoder_decoder"), seed=0)
+    src = _ids(L=6)
+    free = generate_seq2seq(model, src, 8, greedy=True)
+    eos = int(free[0, 3])  # pretend the third generated token of row 0 is the end
+    out = generate_seq2seq(model, src, 8, greedy=True, eos_token_id=eos)
+    row = out[0].tolist()
+    first = row.index(eos, 1)
+    assert all(t == model.config.pad_token_id for t in row[first + 1 :])
+
+
+def test_wrong_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="generate_seq2seq"):
+        generate(build_model(_cfg(arch="encoder_decoder"), seed=0), _ids(), 3)
+    with pytest.raises(ValueError, match="use generate\\(\\)"):
+        generate_seq2seq(build_model(_cfg(), seed=0), _ids(), 3)
