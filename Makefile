@@ -1,0 +1,110 @@
+# llmcourse: the two commands are `make book` and `make test`.
+#
+#   make book       set up .venv if needed, build the HTML book into _build/html
+#   make test       set up, unit tests, nbval over every notebook, lint of the
+#                   stored notebooks, clean book build (warnings are errors)
+#   make notebooks  re-execute notebooks in place (NOTEBOOKS="a.ipynb b.ipynb"
+#                   for a subset), refreshing their stored outputs
+#   make clean      remove build outputs and caches (keeps .venv)
+#   make distclean  also remove .venv and the unpacked MathJax
+#
+# Heavy steps run under tools/locked.sh, a machine-wide lock, so that two
+# builds or notebook runs never share the cores at once.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Python that creates the virtual environment (the course targets 3.11).
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+# torch==2.13.0 may lie on this machine's disk as a CPU wheel; pip must never
+# pick a CUDA build from the index for it.
+PIP_FIND_LINKS_OPT := $(if $(wildcard /opt/wheels/*.whl),--find-links /opt/wheels,)
+
+# MathJax 3, served by the book itself (no CDN). The tarball comes from the
+# npm registry and is checked against this digest before it is unpacked.
+MATHJAX_VERSION := 3.2.2
+MATHJAX_SHA256 := 1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09
+MATHJAX_DIR := _vendor/mathjax
+MATHJAX_STAMP := $(MATHJAX_DIR)/.version-$(MATHJAX_VERSION)
+
+TOC ?= _toc.yml
+BOOK_FLAGS := --warningiserror --nitpick --keep-going --toc $(TOC)
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
+	--nbval-cell-timeout 600 -p no:cacheprovider
+NOTEBOOKS ?=
+LOCKED := tools/locked.sh
+
+# Same hash seed for every run, so set and dict orders of strings repeat.
+export PYTHONHASHSEED := 0
+# Quiet the debugger warning that Python 3.11 kernels print at start.
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+# $(call stage,NAME,COMMAND): run COMMAND, print how long it took.
+define stage
+	@echo "==> $(1)"; start=$$(date +%s); \
+	if $(2); then \
+	  echo "<== $(1): ok in $$(( $$(date +%s) - start )) s"; \
+	else \
+	  rc=$$?; echo "<== $(1): FAILED (exit $$rc) after $$(( $$(date +%s) - start )) s"; exit $$rc; \
+	fi
+endef
+
+.PHONY: help venv book test unit nbval lint-notebooks book-clean notebooks clean distclean
+
+help:
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+
+venv: $(STAMP) $(MATHJAX_STAMP)
+
+$(STAMP): requirements.txt $(wildcard pyproject.toml)
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON_BOOT)"; $(PYTHON_BOOT) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_FIND_LINKS_OPT) -r requirements.txt
+	@if [ -f pyproject.toml ]; then $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .; fi
+	@touch $@
+
+$(MATHJAX_STAMP):
+	@command -v npm >/dev/null || { echo "npm is needed once to fetch MathJax $(MATHJAX_VERSION) from the npm registry"; exit 1; }
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  ( cd "$$tmp" && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null ); \
+	  echo "$(MATHJAX_SHA256)  $$tmp/mathjax-$(MATHJAX_VERSION).tgz" | sha256sum --check --quiet; \
+	  tar -xzf "$$tmp/mathjax-$(MATHJAX_VERSION).tgz" -C "$$tmp" package/LICENSE package/es5/tex-svg.js package/es5/input/tex/extensions; \
+	  rm -rf $(MATHJAX_DIR); mkdir -p $(MATHJAX_DIR); \
+	  cp -R "$$tmp/package/es5/." $(MATHJAX_DIR)/; cp "$$tmp/package/LICENSE" $(MATHJAX_DIR)/LICENSE; \
+	  touch $@; echo "MathJax $(MATHJAX_VERSION) unpacked into $(MATHJAX_DIR)"
+
+book: venv
+	$(call stage,book,$(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
+	@echo "open _build/html/index.html"
+
+unit: venv
+	$(call stage,unit tests,$(LOCKED) $(PY) -m pytest tests --ignore=tests/browser -q)
+
+# (pytest exits with 5 when it collects nothing: no notebooks yet is not a failure)
+nbval: venv
+	$(call stage,nbval (notebooks against their stored outputs),$(LOCKED) $(PY) -m pytest $(NBVAL_FLAGS) chapters/ || [ $$? -eq 5 ])
+
+lint-notebooks: venv
+	$(call stage,lint of stored notebooks,$(PY) tools/run_notebooks.py --check)
+
+book-clean: venv
+	rm -rf _build
+	$(call stage,clean book build,$(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
+
+test: venv
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory unit lint-notebooks nbval book-clean; \
+	echo "make test: all stages passed in $$(( $$(date +%s) - start )) s"
+
+notebooks: venv
+	$(call stage,notebooks,$(LOCKED) $(PY) tools/run_notebooks.py $(NOTEBOOKS))
+
+clean:
+	rm -rf _build .pytest_cache
+	find . -path ./.venv -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) _vendor
