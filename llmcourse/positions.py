@@ -209,6 +209,26 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing:
     return torch.cat([out.to(x.dtype), x_pass], dim=-1)
 
 
+def rope_pairing_permutation(head_dim: int, rotary_dim: int | None = None) -> torch.Tensor:
+    """The permutation of head dimensions that turns the RoFormer pairing into "rotate half".
+
+    The paper rotates neighbours ``(2i, 2i+1)``; Llama and GPT-NeoX rotate ``(i, i + R/2)``.
+    With ``perm = [0, 2, 4, ..., R-2, 1, 3, ..., R-1, R, ..., Dh-1]``,
+    ``apply_rotary(x[..., perm], pairing='half') == apply_rotary(x, pairing='interleaved')[..., perm]``,
+    and since a permutation applied to both queries and keys leaves their dot products unchanged,
+    the two layouts give the same attention scores. (Converting Meta's Llama checkpoints to Hugging
+    Face's layout applies exactly this permutation to the rows of ``W_q`` and ``W_k``.)
+
+    Shapes: returns ``(Dh,)`` indices.
+    """
+    rotary_dim = head_dim if rotary_dim is None else rotary_dim
+    if rotary_dim % 2 or rotary_dim > head_dim:
+        raise ValueError(f"rotary_dim={rotary_dim} must be even and at most head_dim={head_dim}.")
+    return torch.cat([
+        torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2), torch.arange(rotary_dim, head_dim)
+    ])
+
+
 class RotaryPositions(Positions):
     """RoPE: queries and keys rotated by their absolute position, so their dot product sees only the offset."""
 
