@@ -67,16 +67,18 @@ class Block(nn.Module):
         self.placement = config.norm_placement
         self.parallel_residual = config.parallel_residual
         self.alpha = alpha  # DeepNorm's residual scale; 1 for the other placements
-        self.attn_norm = make_norm(config.norm, D, eps, nb)
+        self.attn_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels)
         self.attn = _attention(config)
         self.cross_attn = _attention(config) if cross_attention else None
-        self.cross_norm = make_norm(config.norm, D, eps, nb) if cross_attention else None
-        self.ffn_norm = make_norm(config.norm, D, eps, nb)
-        self.ffn = FeedForward(D, config.resolved_d_ff, config.ffn, bias=config.bias, dropout=config.dropout)
+        self.cross_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if cross_attention else None
+        self.ffn_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels)
+        self.ffn = FeedForward(
+            D, config.resolved_d_ff, config.ffn, bias=config.bias, dropout=config.dropout, fused=config.fused_kernels
+        )
         sandwich = self.placement == "sandwich"
-        self.attn_post_norm = make_norm(config.norm, D, eps, nb) if sandwich else None
-        self.cross_post_norm = make_norm(config.norm, D, eps, nb) if sandwich and cross_attention else None
-        self.ffn_post_norm = make_norm(config.norm, D, eps, nb) if sandwich else None
+        self.attn_post_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if sandwich else None
+        self.cross_post_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if sandwich and cross_attention else None
+        self.ffn_post_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if sandwich else None
         self.dropout = nn.Dropout(config.dropout)
 
     def _sublayer(

@@ -76,6 +76,8 @@ class ModelConfig:
     norm_placement: str = "pre"  # pre | post | sandwich | deepnorm
     embed_norm: bool = False  # an extra norm right after the embedding (BLOOM)
     final_norm: bool | None = None  # None: True for pre/sandwich, False for post/deepnorm
+    # --- kernels -----------------------------------------------------------
+    fused_kernels: bool = True  # norms and activations through PyTorch's one-kernel versions (same function, faster)
     # --- feed-forward ----------------------------------------------------
     ffn: str = "gelu"  # relu gelu gelu_tanh swish glu reglu geglu swiglu bilinear
     # --- positions -------------------------------------------------------

@@ -36,10 +36,10 @@ class Stack(nn.Module):
         alpha, beta = config.deepnorm_constants(stack) if config.norm_placement == "deepnorm" else (1.0, None)
         self.positions = build_positions(config, bidirectional=bidirectional or config.mask == "prefix")
         D, eps, nb = config.d_model, config.norm_eps, config.resolved_norm_bias
-        self.embed_norm = make_norm(config.norm, D, eps, nb) if config.embed_norm else None
+        self.embed_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if config.embed_norm else None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, cross_attention, alpha) for _ in range(n_layers))
-        self.final_norm = make_norm(config.norm, D, eps, nb) if config.resolved_final_norm else None
+        self.final_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if config.resolved_final_norm else None
         self.config = config  # read for the sparse attention pattern (chapter 05)
         init_weights(self, config, n_layers, beta)
 
