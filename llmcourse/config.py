@@ -85,6 +85,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_pairing: str = "half"  # half (Llama/GPT-NeoX) | interleaved (RoFormer paper)
     rotary_dim: int | None = None  # None: the whole head (GPT-NeoX rotates part of it)
+    sinusoidal_scale: float | None = None  # amplitude of the sinusoids; None: init_std (the paper's token-to-position ratio)
     rel_num_buckets: int = 32  # T5 relative buckets
     rel_max_distance: int = 128
     # --- attention -------------------------------------------------------
@@ -152,6 +153,11 @@ class ModelConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1).")
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps={self.norm_eps} must be positive.")
+        if self.sinusoidal_scale is not None and not self.sinusoidal_scale > 0:
+            raise ValueError(
+                f"sinusoidal_scale={self.sinusoidal_scale} must be positive (1.0 is the paper's unit table; "
+                "None matches it to the token embeddings' init_std)."
+            )
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be positive.")
         if self.arch == "encoder_decoder" and self.mask != "causal":

@@ -46,12 +46,15 @@ def run_variants(
     corpus=None,
     stop_on_divergence: bool = False,
     desc: str = "runs",
+    after_run: Callable[[RunResult, torch.nn.Module], None] | None = None,
 ) -> list[RunResult]:
     """Train each variant once per seed (model init, batch order and dropout all follow the seed).
 
     Give either ``corpus`` (language modelling on its train/val split at each
     model's ``max_seq_len``) or explicit ``train_batches``/``val_batches``.
-    One progress bar counts the runs.
+    One progress bar counts the runs. ``after_run(result, model)``, when given, is
+    called with each trained model before it is dropped, for measurements beyond
+    the validation loss (chapter 04 evaluates every model at longer lengths).
     """
     if corpus is None and train_batches is None:
         raise ValueError("give run_variants a corpus or train_batches (and val_batches).")
@@ -70,6 +73,8 @@ def run_variants(
             probe = tb(torch.Generator().manual_seed(0))["input_ids"]
             tokens = probe.numel() * len(history.step)
             results.append(RunResult(name, seed, count_parameters(model), tokens, history))
+            if after_run is not None:
+                after_run(results[-1], model)
             bar.set_postfix_str(f"{name} seed {seed}", refresh=False)
             bar.update(1)
     bar.close()

@@ -61,16 +61,31 @@ def sinusoidal_table(positions: torch.Tensor, d_model: int, base: float = 10000.
 
 
 class SinusoidalPositions(Positions):
-    """Fixed sinusoids added to the embeddings; defined for every position, so it can run past training length."""
+    """Fixed sinusoids added to the embeddings; defined for every position, so it can run past training length.
+
+    ``scale`` is the sinusoids' amplitude. What matters is their size *relative
+    to the token embeddings*: the paper adds unit sinusoids to embeddings of
+    about unit size per dimension (initialised with std ``D^-0.5``, then
+    multiplied by ``sqrt(D)``). The course initialises embeddings with std
+    ``init_std`` (0.02, GPT-2) and does not rescale them, so ``build_positions``
+    passes ``scale=init_std`` by default, which keeps the paper's ratio of
+    token to position; ``ModelConfig.sinusoidal_scale=1.0`` gives the raw table,
+    which then outweighs the tokens by a factor of about 35.
+    """
 
     kind = "sinusoidal"
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, scale: float = 1.0) -> None:
         super().__init__()
         self.d_model = d_model
+        self.scale = scale
 
     def embed(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return h + sinusoidal_table(positions, self.d_model).to(h.dtype)
+        """``(B, T, D) -> (B, T, D)``: ``h + scale * PE[positions]``."""
+        return h + (self.scale * sinusoidal_table(positions, self.d_model)).to(h.dtype)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, scale={self.scale}"
 
 
 class LearnedPositions(Positions):
@@ -250,7 +265,8 @@ def build_positions(config: ModelConfig, bidirectional: bool) -> Positions:
     if kind == "none":
         return Positions()
     if kind == "sinusoidal":
-        return SinusoidalPositions(config.d_model)
+        scale = config.sinusoidal_scale if config.sinusoidal_scale is not None else config.init_std
+        return SinusoidalPositions(config.d_model, scale)
     if kind == "learned":
         return LearnedPositions(config.max_seq_len, config.d_model)
     if kind == "t5":

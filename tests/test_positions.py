@@ -39,6 +39,17 @@ def test_sinusoidal_shift_is_one_linear_map_for_every_position():
     torch.testing.assert_close(pe[20:35] @ M, pe[20 + k : 35 + k], atol=1e-4, rtol=0)  # holds at 20..34
 
 
+def test_sinusoid_amplitude_matches_the_token_embeddings_by_default():
+    """The paper's ratio of token to position size: unit sinusoids on unit-size embeddings, here init_std-size ones."""
+    config = ModelConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, max_seq_len=8, position="sinusoidal")
+    h = torch.zeros(1, 8, 16)
+    for scale, expected in [(None, config.init_std), (1.0, 1.0), (0.5, 0.5)]:
+        pos = build_model(config.replace(sinusoidal_scale=scale)).decoder.positions
+        torch.testing.assert_close(pos.embed(h, torch.arange(8))[0], expected * sinusoidal_table(torch.arange(8), 16))
+    with pytest.raises(ValueError, match="sinusoidal_scale"):
+        config.replace(sinusoidal_scale=0.0)
+
+
 def test_learned_table_errors_past_its_length():
     pos = LearnedPositions(max_seq_len=8, d_model=4)
     h = torch.zeros(1, 9, 4)
