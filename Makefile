@@ -6,6 +6,7 @@
 #   make notebooks  re-execute notebooks in place (NOTEBOOKS="a.ipynb b.ipynb"
 #                   for a subset), refreshing their stored outputs
 #   make clean      remove build outputs and caches (keeps .venv)
+#   PARTIAL=1       (with book or test) build only the pages that exist yet
 #   make distclean  also remove .venv and the unpacked MathJax
 #
 # Heavy steps run under tools/locked.sh, a machine-wide lock, so that two
@@ -31,8 +32,12 @@ MATHJAX_SHA256 := 1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c
 MATHJAX_DIR := _vendor/mathjax
 MATHJAX_STAMP := $(MATHJAX_DIR)/.version-$(MATHJAX_VERSION)
 
-TOC ?= _toc.yml
-BOOK_FLAGS := --warningiserror --nitpick --keep-going --toc $(TOC)
+# PARTIAL=1 builds only the pages of _toc.yml that exist yet (chapters in
+# progress); without it a page listed in _toc.yml but missing is an error.
+PARTIAL ?=
+BOOK_FLAGS := --warningiserror --nitpick --keep-going \
+	$(if $(PARTIAL),--toc _build/partial/_toc.yml --config _build/partial/_config.yml)
+PARTIAL_TOC_CMD := $(if $(PARTIAL),$(PY) tools/partial_book.py _build/partial &&,)
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
 	--nbval-cell-timeout 600 -p no:cacheprovider
 NOTEBOOKS ?=
@@ -56,13 +61,13 @@ endef
 .PHONY: help venv book test unit nbval lint-notebooks book-clean notebooks clean distclean
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP) $(MATHJAX_STAMP)
 
 $(STAMP): requirements.txt $(wildcard pyproject.toml)
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON_BOOT)"; $(PYTHON_BOOT) -m venv $(VENV); }
-	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_FIND_LINKS_OPT) -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(PIP_FIND_LINKS_OPT) -r requirements.txt
 	@if [ -f pyproject.toml ]; then $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .; fi
 	@touch $@
 
@@ -77,7 +82,7 @@ $(MATHJAX_STAMP):
 	  touch $@; echo "MathJax $(MATHJAX_VERSION) unpacked into $(MATHJAX_DIR)"
 
 book: venv
-	$(call stage,book,$(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
+	$(call stage,book,$(PARTIAL_TOC_CMD) $(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
 	@echo "open _build/html/index.html"
 
 unit: venv
@@ -92,7 +97,7 @@ lint-notebooks: venv
 
 book-clean: venv
 	rm -rf _build
-	$(call stage,clean book build,$(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
+	$(call stage,clean book build,$(PARTIAL_TOC_CMD) $(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
 
 test: venv
 	@start=$$(date +%s); \
