@@ -63,7 +63,7 @@ def split_fused_qkv(tensor: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, t
     """NeoX's fused ``(3 D, ...)`` weight or bias, grouped ``(H, 3, Dh)``, as three ``(D, ...)`` tensors."""
     rest = tensor.shape[1:]
     per_head = tensor.view(n_heads, 3, -1, *rest)  # (H, 3, Dh, ...)
-    return tuple(per_head[:, j].reshape(-1, *rest) for j in range(3))  # each (H * Dh, ...)
+    return tuple(per_head[:, j].reshape(-1, *rest).contiguous() for j in range(3))  # each (H * Dh, ...)
 
 
 def state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
