@@ -106,5 +106,5 @@ def main(argv: list[str] | None = None) -> int:
         m = measure(config, args.steps, args.warmup, corpus=corpus, **kwargs)
         label = "torch.compile" if flag == "compile" else "bfloat16 autocast"
         print(f"{label}: {m.tokens_per_s:,.0f} tokens/s, speed-up x{m.tokens_per_s / base.tokens_per_s:.2f}, "
-              f"{m.tokens_per_s * fpt / peak:.0%} of peak; loss {m.final_loss:.3f} ({m.final_loss - base.final_loss:+.3f} vs baseline)")
+              f"{m.tokens_per_s * fpt / peak:.0%} of peak; loss {m.final_loss:.4f} ({m.final_loss - base.final_loss:+.4f} vs baseline {base.final_loss:.4f})")
     return 0
