@@ -124,7 +124,8 @@ def generate_seq2seq(
     if not isinstance(model, EncoderDecoderLM):
         raise ValueError(f"generate_seq2seq() is for encoder-decoder models; use generate() for {type(model).__name__}.")
     cfg = model.config
-    if max_new_tokens + 1 > cfg.max_seq_len and cfg.position == "learned":
+    # the last step feeds the start token and max_new_tokens - 1 generated ones: positions 0 .. max_new_tokens - 1
+    if max_new_tokens > cfg.max_seq_len and cfg.position == "learned":
         raise ValueError(f"max_new_tokens={max_new_tokens} runs past the decoder's context max_seq_len={cfg.max_seq_len}.")
     was_training = model.training
     model.eval()

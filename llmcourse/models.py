@@ -266,20 +266,16 @@ def to_prefix_decoder(model: DecoderLM) -> DecoderLM:
     """The survey's tip, made explicit: a causal decoder becomes a prefix decoder by changing its mask only.
 
     Returns a new model that *shares* every parameter with ``model``; only
-    ``config.mask`` differs. (T5-style relative buckets switch to their
-    bidirectional form, which reuses the same learned table.)
+    ``config.mask`` differs, so with an empty prefix it computes exactly what
+    ``model`` computes. Position encodings are kept as they are: T5-style
+    relative buckets keep their causal form (a future key inside the prefix
+    falls in the offset-0 bucket), because the bidirectional form would map the
+    learned table's entries to other offsets. A prefix decoder built from
+    scratch (``mask='prefix'``) uses the bidirectional buckets instead.
     """
     if not isinstance(model, DecoderLM):
         raise ValueError(f"to_prefix_decoder converts a DecoderLM, got {type(model).__name__}.")
     converted = copy.copy(model)  # shallow: same submodules, same parameters
     converted._modules = dict(model._modules)
     converted.config = model.config.replace(mask="prefix")
-    positions = model.decoder.positions
-    if getattr(positions, "kind", None) == "t5":
-        stack = copy.copy(model.decoder)
-        stack._modules = dict(model.decoder._modules)
-        pos = copy.copy(positions)
-        pos.bidirectional = True
-        stack._modules["positions"] = pos
-        converted._modules["decoder"] = stack
     return converted

@@ -117,3 +117,12 @@ def test_wrong_family_is_a_clear_error():
         generate(build_model(_cfg(arch="encoder_decoder"), seed=0), _ids(), 3)
     with pytest.raises(ValueError, match="use generate\\(\\)"):
         generate_seq2seq(build_model(_cfg(), seed=0), _ids(), 3)
+
+
+def test_encoder_decoder_fills_its_whole_context():
+    model = build_model(_cfg(arch="encoder_decoder"), seed=0)  # learned positions, max_seq_len 24
+    src = _ids(L=6)
+    full = generate_seq2seq(model, src, 24, greedy=True)
+    assert full.shape == (3, 25) and torch.equal(full, generate_seq2seq(model, src, 24, greedy=True, use_cache=False))
+    with pytest.raises(ValueError, match="past the decoder's context"):
+        generate_seq2seq(model, src, 25, greedy=True)
