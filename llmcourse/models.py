@@ -229,6 +229,11 @@ class EncoderDecoderLM(_LMHead):
             )
         offset = cache[0].self_attn.length if cache else 0
         _check_length(offset + decoder_input_ids.shape[1], self.config, extrapolate, "decoder_input_ids")
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(memory.shape[:2]):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the encoder output covers "
+                f"{tuple(memory.shape[:2])} (B, S) source positions; pass the mask the source was encoded with."
+            )
         context_bias = padding_bias(attention_mask) if attention_mask is not None else None
         h = self.decoder(
             self.decoder_embedding(decoder_input_ids), offset=offset, causal=True,

@@ -180,6 +180,11 @@ def test_mismatched_batch_sizes():
         model(_ids(B=2), _ids(B=3))
     with pytest.raises(ValueError, match="one per example"):
         build_model(_cfg(mask="prefix"), seed=0)(_ids(B=2), prefix_len=torch.tensor([1, 2, 3]))
+    memory = model.encode(_ids(B=2, L=6))
+    with pytest.raises(ValueError, match="batch sizes differ: the encoder output has 2 examples"):
+        model.decode(_ids(B=3, L=4), memory)
+    with pytest.raises(ValueError, match="pass the mask the source was encoded with"):
+        model.decode(_ids(B=2, L=4), memory, attention_mask=torch.ones(2, 7, dtype=torch.long))
 
 
 def test_from_hf_unknown_model_type_lists_the_known_ones():
