@@ -143,3 +143,28 @@ def plot_curves(results: list[RunResult], ax=None, metric: str = "val_loss", tit
         ax.set_title(title)
     ax.legend(fontsize=8)
     return ax
+
+
+def layer_grad_norms(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    param: str = "ffn.down_proj.weight",
+    *,
+    stack: str = "decoder",
+    loss_fn: LossFn = lm_loss,
+) -> list[float]:
+    """Gradient norm of one parameter in every block of a stack, at the model's current weights.
+
+    With a freshly built model this is Xiong et al. (2020, fig. 3): at
+    initialisation the gradient of each layer's second feed-forward matrix
+    (``ffn.down_proj.weight``, their ``W^2``) grows towards the output under
+    Post-LN and stays about level under Pre-LN. ``param`` names any parameter
+    of a :class:`~llmcourse.blocks.Block` by its dotted path; ``stack`` is
+    ``"decoder"`` or ``"encoder"``. Returns one Frobenius norm per block, first
+    block first; the model's ``.grad`` fields are left untouched.
+    """
+    blocks = getattr(model, stack).blocks
+    params = [blk.get_parameter(param) for blk in blocks]
+    loss = loss_fn(model, batch)
+    grads = torch.autograd.grad(loss, params)
+    return [float(g.norm()) for g in grads]

@@ -16,7 +16,7 @@ from torch.testing import assert_close
 
 from llmcourse import ModelConfig, build_model
 from llmcourse.blocks import Block
-from llmcourse.norms import LayerNorm, RMSNorm, make_norm
+from llmcourse.norms import LayerNorm, RMSNorm, layer_norm, make_norm, rms_norm, rms_norm_analytic
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}  # float32, against PyTorch's and Hugging Face's own kernels
 
@@ -376,3 +376,111 @@ def test_embedding_norm_normalises_what_the_first_block_sees(norm):
     # so var + eps is about 1% larger than var
     assert_close(rms, torch.ones_like(rms), atol=0.03, rtol=0)
     assert build_model(cfg.replace(embed_norm=False), seed=0).decoder.embed_norm is None
+
+
+# --- faster RMSNorm paths (chapter 02, notebook 4) ---------------------------
+@pytest.mark.parametrize("shape", [(3, 7, 48), (5, 33), (64,)])
+def test_rms_norm_analytic_equals_the_formula_with_gradients(shape):
+    x = _inputs(shape, seed=6)
+    w = torch.rand(shape[-1], generator=torch.Generator().manual_seed(7)) + 0.5
+    x1, w1 = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    x2, w2 = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y1, y2 = rms_norm(x1, w1, 1e-6), rms_norm_analytic(x2, w2, 1e-6)
+    assert y2.shape == x.shape
+    assert_close(y2, y1, **TOL)
+    g = torch.randn(y1.shape, generator=torch.Generator().manual_seed(8))
+    y1.backward(g)
+    y2.backward(g)
+    assert_close(x2.grad, x1.grad, **TOL)
+    assert_close(w2.grad, w1.grad, rtol=1e-4, atol=1e-4)  # a sum over rows, accumulated in another order
+
+
+def test_rms_norm_analytic_passes_gradcheck():
+    """The hand-derived backward is the derivative of the forward (finite differences, float64)."""
+    x = torch.randn(4, 5, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm_analytic(a, b, 1e-6), (x, w))
+
+
+def test_rms_norm_analytic_computes_only_the_gradients_asked_for():
+    x = _inputs((4, 16), seed=9).requires_grad_(True)
+    w = torch.ones(16)  # frozen gain
+    rms_norm_analytic(x, w, 1e-6).sum().backward()
+    assert x.grad is not None and w.grad is None
+    x = _inputs((4, 16), seed=9)
+    w = torch.ones(16, requires_grad=True)
+    rms_norm_analytic(x, w, 1e-6).sum().backward()
+    assert x.grad is None and w.grad is not None
+
+
+def test_formula_functions_are_what_the_modules_compute():
+    x = _inputs()
+    ln, rms = LayerNorm(48), RMSNorm(48)
+    _perturb(ln, rms)
+    assert_close(ln(x), layer_norm(x, ln.weight, ln.bias, ln.eps), rtol=0, atol=0)
+    assert_close(rms(x), rms_norm(x, rms.weight, rms.eps), rtol=0, atol=0)
+
+
+# --- per-layer gradient norms at initialisation (experiments.layer_grad_norms) ---
+def _lm_batch(vocab: int, seed: int = 0, batch_size: int = 8) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch_size, 33), generator=g)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
+
+
+def test_layer_grad_norms_equals_backward_and_leaves_grad_alone():
+    from llmcourse.experiments import layer_grad_norms
+
+    model = build_model(ModelConfig(vocab_size=32, d_model=32, n_heads=4, n_layers=3, max_seq_len=32), seed=0)
+    batch = _lm_batch(32)
+    norms = layer_grad_norms(model, batch)
+    assert len(norms) == 3 and all(math.isfinite(v) and v > 0 for v in norms)
+    assert all(p.grad is None for p in model.parameters())
+    from llmcourse.objectives import lm_loss
+
+    lm_loss(model, batch).backward()
+    expected = [float(b.ffn.down_proj.weight.grad.norm()) for b in model.decoder.blocks]
+    assert norms == pytest.approx(expected, rel=1e-5)
+    q = layer_grad_norms(model, batch, "attn.q_proj.weight")
+    assert q == pytest.approx([float(b.attn.q_proj.weight.grad.norm()) for b in model.decoder.blocks], rel=1e-5)
+
+
+def test_layer_grad_norms_encoder_stack():
+    from llmcourse.experiments import layer_grad_norms
+
+    cfg = ModelConfig(arch="encoder_decoder", vocab_size=32, d_model=32, n_heads=4, n_layers=2, n_encoder_layers=3)
+    model = build_model(cfg, seed=0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(0, 32, (4, 10), generator=g),
+             "decoder_input_ids": torch.randint(0, 32, (4, 6), generator=g),
+             "targets": torch.randint(0, 32, (4, 6), generator=g)}
+    assert len(layer_grad_norms(model, batch, stack="encoder")) == 3
+    assert len(layer_grad_norms(model, batch, stack="decoder")) == 2
+
+
+def test_post_ln_gradients_grow_towards_the_output_at_paper_init():
+    """Xiong et al. (2020): at initialisation (Xavier weights, unit-scale embeddings) Post-LN's
+    gradients grow with the layer index, Pre-LN's shrink, and Post-LN's last layer gets the larger one.
+
+    One seed's profile is noisy; the mean profile over four seeds is not.
+    """
+    from llmcourse.experiments import layer_grad_norms
+
+    batch = _lm_batch(65, batch_size=16)
+    profiles = {}
+    for placement in ("post", "pre"):
+        cfg = ModelConfig(vocab_size=65, d_model=32, n_heads=4, n_layers=8, max_seq_len=32, norm_placement=placement)
+        runs = []
+        for seed in range(4):
+            model = build_model(cfg, seed=seed)
+            for m in model.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_normal_(m.weight)
+            nn.init.normal_(model.tok_emb.weight, 0.0, 1.0)
+            runs.append(layer_grad_norms(model, batch))
+        profiles[placement] = torch.tensor(runs).mean(0)
+    post, pre = profiles["post"], profiles["pre"]
+    growth = {k: float(v[4:].mean() / v[:4].mean()) for k, v in profiles.items()}  # upper half / lower half
+    assert growth["post"] > 1.15, growth
+    assert growth["pre"] < 0.85, growth
+    assert post[-1] > 2 * pre[-1]
