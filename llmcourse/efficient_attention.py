@@ -37,7 +37,7 @@ from .masks import MASKED, bigbird_random_blocks, default_summary, pattern_allow
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be (B, H, T, Dh), (B, H, S, Dh), (B, H, S, Dh); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}.")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+    if k.shape[:-1] != v.shape[:-1] or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} do not fit together (repeat kv heads first).")
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"there are more queries ({q.shape[-2]}) than keys ({k.shape[-2]}); queries are the last T of S positions.")
@@ -88,13 +88,13 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, causal, scale, block_size, dropout_p, seed):
-        B, H, T, Dh = q.shape
-        S = k.shape[-2]
+        B, H, T, _ = q.shape
+        S, Dv = k.shape[-2], v.shape[-1]
         offset = S - T
         acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         row_max = torch.full((B, H, T, 1), -math.inf, dtype=acc, device=q.device)  # m: running max
         row_sum = torch.zeros((B, H, T, 1), dtype=acc, device=q.device)  # l: running sum of exp(s - m)
-        out = torch.zeros((B, H, T, Dh), dtype=acc, device=q.device)  # running numerator
+        out = torch.zeros((B, H, T, Dv), dtype=acc, device=q.device)  # running numerator
         for j0 in range(0, S, block_size):
             j1 = min(S, j0 + block_size)
             r0 = _first_row(causal, offset, j0)
@@ -431,12 +431,12 @@ def _softmax_parts(*scores: torch.Tensor) -> list[torch.Tensor]:
 
 def _strided(q, k, v, stride, scale):
     B, H, T, Dh = q.shape
+    Dv = v.shape[-1]
     nb, L = T // stride, stride
     qb = q.view(B, H, nb, L, Dh)  # (B, H, nb, L, Dh): row b of the grid holds positions b*L .. b*L+L-1
-    kb, vb = k.view(B, H, nb, L, Dh), v.view(B, H, nb, L, Dh)
-    pad = q.new_zeros(B, H, 1, L, Dh)
-    k_band = torch.cat([torch.cat([pad, kb[:, :, :-1]], 2), kb], 3)  # previous and own block: (B, H, nb, 2L, Dh)
-    v_band = torch.cat([torch.cat([pad, vb[:, :, :-1]], 2), vb], 3)
+    kb, vb = k.view(B, H, nb, L, Dh), v.view(B, H, nb, L, Dv)
+    k_band = torch.cat([torch.cat([kb.new_zeros(B, H, 1, L, Dh), kb[:, :, :-1]], 2), kb], 3)  # previous and own block: (B, H, nb, 2L, Dh)
+    v_band = torch.cat([torch.cat([vb.new_zeros(B, H, 1, L, Dv), vb[:, :, :-1]], 2), vb], 3)
     offs = torch.arange(L, device=q.device)[:, None] - torch.arange(-L, L, device=q.device)[None, :]  # i - j: (L, 2L)
     band_ok = ((offs >= 0) & (offs < L)).expand(nb, L, 2 * L).clone()  # A1: the previous L positions
     band_ok[0, :, :L] = False  # block 0 has no previous block (those keys are padding)
@@ -446,25 +446,26 @@ def _strided(q, k, v, stride, scale):
     s_col = (qc @ kc.transpose(-2, -1)) * scale + torch.where(col_ok, 0.0, MASKED).to(q.dtype)  # (B, H, L, nb, nb)
     s_col = s_col.transpose(2, 3)  # (B, H, nb, L, nb): back to query order
     p_band, p_col = _softmax_parts(s_band, s_col)
-    out = p_band @ v_band + (p_col.transpose(2, 3) @ vc).transpose(2, 3)  # (B, H, nb, L, Dh)
-    return out.reshape(B, H, T, Dh)
+    out = p_band @ v_band + (p_col.transpose(2, 3) @ vc).transpose(2, 3)  # (B, H, nb, L, Dv)
+    return out.reshape(B, H, T, Dv)
 
 
 def _fixed(q, k, v, block, summary, scale):
     B, H, T, Dh = q.shape
+    Dv = v.shape[-1]
     nb, L, c = T // block, block, summary
-    qb, kb, vb = q.view(B, H, nb, L, Dh), k.view(B, H, nb, L, Dh), v.view(B, H, nb, L, Dh)
+    qb, kb, vb = q.view(B, H, nb, L, Dh), k.view(B, H, nb, L, Dh), v.view(B, H, nb, L, Dv)
     own_ok = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()  # A1: own block, causal
     s_own = (qb @ kb.transpose(-2, -1)) * scale + torch.where(own_ok, 0.0, MASKED).to(q.dtype)  # (B, H, nb, L, L)
     k_sum = kb[:, :, :, L - c :].reshape(B, H, nb * c, Dh)  # A2: the last c positions of every block
-    v_sum = vb[:, :, :, L - c :].reshape(B, H, nb * c, Dh)
+    v_sum = vb[:, :, :, L - c :].reshape(B, H, nb * c, Dv)
     key_block = torch.arange(nb, device=q.device).repeat_interleave(c)  # (nb*c,)
     sum_ok = key_block[None, :] < torch.arange(nb, device=q.device)[:, None]  # earlier blocks only (own is in A1)
     s_sum = (qb @ k_sum[:, :, None].transpose(-2, -1)) * scale  # (B, H, nb, L, nb*c)
     s_sum = s_sum + torch.where(sum_ok, 0.0, MASKED).to(q.dtype)[:, None, :]
     p_own, p_sum = _softmax_parts(s_own, s_sum)
     out = p_own @ vb + p_sum @ v_sum[:, :, None]
-    return out.reshape(B, H, T, Dh)
+    return out.reshape(B, H, T, Dv)
 
 
 def _key_blocks(pattern, nb, global_blocks, random_blocks, seed, causal) -> torch.Tensor:
@@ -482,19 +483,20 @@ def _key_blocks(pattern, nb, global_blocks, random_blocks, seed, causal) -> torc
 
 def _blocked(q, k, v, pattern, block, global_blocks, random_blocks, seed, causal, scale):
     B, H, T, Dh = q.shape
+    Dv = v.shape[-1]
     nb, L = T // block, block
     idx = _key_blocks(pattern, nb, global_blocks, random_blocks, seed, causal).to(q.device)  # (nb, W)
     W = idx.shape[1]
-    kb, vb = k.view(B, H, nb, L, Dh), v.view(B, H, nb, L, Dh)
+    kb, vb = k.view(B, H, nb, L, Dh), v.view(B, H, nb, L, Dv)
     safe = idx.clamp(min=0)
     k_g = kb[:, :, safe].reshape(B, H, nb, W * L, Dh)  # gathered key blocks: (B, H, nb, W*L, Dh)
-    v_g = vb[:, :, safe].reshape(B, H, nb, W * L, Dh)
+    v_g = vb[:, :, safe].reshape(B, H, nb, W * L, Dv)
     q_pos = torch.arange(T, device=q.device).view(nb, L, 1)
     k_pos = (safe[:, :, None] * L + torch.arange(L, device=q.device)).reshape(nb, 1, W * L)
     options = dict(block=block, global_blocks=global_blocks, random_blocks=random_blocks, seed=seed, causal=causal)
     ok = pattern_allowed(pattern, q_pos, k_pos, **options) & (idx >= 0).repeat_interleave(L, 1)[:, None, :]
     s = (q.view(B, H, nb, L, Dh) @ k_g.transpose(-2, -1)) * scale + torch.where(ok, 0.0, MASKED).to(q.dtype)
-    out = (torch.softmax(s, -1) @ v_g).reshape(B, H, T, Dh)
+    out = (torch.softmax(s, -1) @ v_g).reshape(B, H, T, Dv)
     if pattern == "bigbird" and not causal and global_blocks:
         g = min(T, global_blocks * L)  # global queries see every key: a dense (g, S) strip
         s_glob = (q[..., :g, :] @ k.transpose(-2, -1)) * scale

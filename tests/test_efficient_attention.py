@@ -314,3 +314,14 @@ def test_sparse_models_stay_causal_and_kernels_agree(pattern):
     changed = ids.clone()
     changed[:, 20:] = (changed[:, 20:] + 1) % 20
     torch.testing.assert_close(build_model(base, seed=0)(changed)[:, :20], ref[:, :20], atol=1e-6, rtol=1e-6)
+
+
+def test_values_may_be_wider_or_narrower_than_keys():
+    q, k, _ = qkv(B=1, H=2, T=32, S=32, Dh=8)
+    v = torch.randn(1, 2, 32, 5)
+    ref = explicit_attention(q, k, v, causal=True, scale=0.35)
+    torch.testing.assert_close(flash_attention(q, k, v, causal=True, scale=0.35, block_size=8), ref, atol=1e-5, rtol=1e-5)
+    assert performer_attention(q, k, v, causal=True, scale=0.35).shape == (1, 2, 32, 5)
+    for pattern in ("strided", "fixed", "bigbird"):
+        out = sparse_attention(q, k, v, pattern=pattern, block=8, scale=0.35)
+        torch.testing.assert_close(out, explicit_attention(q, k, v, bias=sparse_bias(pattern, 32, block=8), scale=0.35), atol=1e-5, rtol=1e-5)
