@@ -1,6 +1,7 @@
 """FlashAttention-style tiling (exact), Performer random features (approximate), sparse patterns and their kernels."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -325,3 +326,19 @@ def test_values_may_be_wider_or_narrower_than_keys():
     for pattern in ("strided", "fixed", "bigbird"):
         out = sparse_attention(q, k, v, pattern=pattern, block=8, scale=0.35)
         torch.testing.assert_close(out, explicit_attention(q, k, v, bias=sparse_bias(pattern, 32, block=8), scale=0.35), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="the resident-set cross-check reads Linux's /proc")
+def test_resident_set_cross_check_sees_the_step_from_a_large_parent():
+    # A child of a large process must still see its own step: getrusage's ru_maxrss would
+    # start at the parent's peak (Linux carries it across fork + exec) and report no growth.
+    from llmcourse.benchmarks.attention import Shape, rss_check
+
+    ballast = torch.ones(300 * 2**20 // 4)  # 300 MiB resident in this (parent) process, above the child's step
+    T, shape = 1024, Shape(1, 4, 32)
+    q, k, v = (torch.randn(1, 4, T, 32).requires_grad_() for _ in range(3))
+    with PeakTensorMemory() as mem:
+        explicit_attention(q, k, v, causal=True, scale=32**-0.5).sum().backward()
+    grown = rss_check(["explicit"], T, shape)["explicit"]
+    assert float(ballast[-1]) == 1.0
+    assert 0.8 * mem.peak < grown < 3 * mem.peak + 64 * 2**20

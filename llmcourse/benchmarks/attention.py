@@ -20,8 +20,9 @@ sum is the peak memory. Inputs created before the measurement are not counted.
 It is exact and deterministic for everything that passes through PyTorch's
 dispatcher, but it misses scratch buffers a fused kernel allocates internally.
 So the full run cross-checks it against the growth of the resident set
-(``ru_maxrss``) of a fresh subprocess per path, which sees everything the
-process touches, allocator overheads included.
+(the kernel's high-water mark ``VmHWM``, reset before the step) of a fresh
+subprocess per path, which sees everything the process touches, allocator
+overheads included (Linux only).
 
 Matmul work is counted with ``torch.utils.flop_counter.FlopCounterMode``
 (matrix products only; exponentials and masks are not counted).
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -248,15 +248,41 @@ def format_tables(rows: list[dict]) -> str:
 
 
 # --- resident-set cross-check -----------------------------------------------------
+def _status_bytes(field: str) -> int | None:
+    """A memory figure of this process from ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        return None
+    return None
+
+
 def _rss_child(name: str, T: int, shape: Shape) -> int:
-    """In a fresh process: growth of the peak resident set (bytes) during one forward + backward."""
+    """In a fresh process: growth of the peak resident set (bytes) during one forward + backward.
+
+    The peak is the kernel's per-process high-water mark ``VmHWM``, reset just
+    before the measured step by writing 5 to ``/proc/self/clear_refs``.
+    ``getrusage``'s ``ru_maxrss`` cannot be used: Linux carries it across
+    ``fork`` + ``exec``, so a child of a large parent starts with the
+    parent's peak, and a step that stays below it shows no growth at all.
+    """
     kernel = paths(shape.head_dim**-0.5)[name](T)
     _step(paths(shape.head_dim**-0.5)[name](256), *shape.inputs(256))  # load code paths and thread pools
     q, k, v = shape.inputs(T)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+    except OSError as e:
+        raise RuntimeError(f"the resident-set cross-check needs Linux's /proc/self/clear_refs ({e}); run with --no-rss") from e
+    before = _status_bytes("VmRSS")
     _step(kernel, q, k, v)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) * 1024  # Linux reports KiB
+    after = _status_bytes("VmHWM")
+    if before is None or after is None:
+        raise RuntimeError("the resident-set cross-check needs Linux's /proc/self/status; run with --no-rss")
+    return after - before
 
 
 def rss_check(names: list[str], T: int, shape: Shape) -> dict[str, int]:
