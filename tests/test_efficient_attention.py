@@ -342,3 +342,15 @@ def test_resident_set_cross_check_sees_the_step_from_a_large_parent():
     grown = rss_check(["explicit"], T, shape)["explicit"]
     assert float(ballast[-1]) == 1.0
     assert 0.8 * mem.peak < grown < 3 * mem.peak + 64 * 2**20
+
+
+def test_attention_benchmark_quick_mode_runs_and_reports_linear_flash_memory(capsys):
+    from llmcourse.benchmarks.__main__ import main
+
+    assert main(["attention", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "time / explicit time (same run)" in out and "peak memory / explicit peak memory (same run)" in out
+    exponents = out.split("growth exponents p")[1].splitlines()[2:]
+    memory_p = {line.split()[0]: float(line.split()[1]) for line in exponents if line.strip()}
+    assert set(memory_p) == {"explicit", "sdpa", "flash", "strided", "bigbird", "performer"}
+    assert abs(memory_p["flash"] - 1.0) < 0.15 and abs(memory_p["explicit"] - 2.0) < 0.15
