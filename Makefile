@@ -47,6 +47,15 @@ LOCKED := tools/locked.sh
 export PYTHONHASHSEED := 0
 # Quiet the debugger warning that Python 3.11 kernels print at start.
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# Same CPU kernels on every x86-64 machine (AVX2 in PyTorch, MKL and oneDNN), so
+# that notebooks reproduce their stored outputs on any CPU; see
+# llmcourse/notebook.py (CPU_KERNEL_ENV), which sets the same in setup().
+ifeq ($(shell uname -m),x86_64)
+export ATEN_CPU_CAPABILITY := avx2
+export MKL_ENABLE_INSTRUCTIONS := AVX2
+export MKL_CBWR := AVX2
+export ONEDNN_MAX_CPU_ISA := AVX2
+endif
 
 # $(call stage,NAME,COMMAND): run COMMAND, print how long it took.
 define stage
