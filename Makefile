@@ -55,6 +55,7 @@ export ATEN_CPU_CAPABILITY := avx2
 export MKL_ENABLE_INSTRUCTIONS := AVX2
 export MKL_CBWR := AVX2
 export ONEDNN_MAX_CPU_ISA := AVX2
+export MKL_DYNAMIC := FALSE
 endif
 
 # $(call stage,NAME,COMMAND): run COMMAND, print how long it took.

@@ -26,6 +26,7 @@ CPU_KERNEL_ENV = {
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: one code path on Intel and AMD alike
     "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_DYNAMIC": "FALSE",  # MKL may otherwise use fewer threads on a busy machine, and split its sums differently
 }
 
 
