@@ -7,6 +7,7 @@ seed-to-seed spread next to the differences it claims.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
@@ -121,6 +122,29 @@ def within_noise(rows: list[dict], a: str, b: str) -> bool:
     ra = next(r for r in rows if r["variant"] == a)
     rb = next(r for r in rows if r["variant"] == b)
     return not (ra["max"] < rb["min"] or rb["max"] < ra["min"])
+
+
+def first_step_below(history: History, level: float) -> int | None:
+    """The first evaluation step whose validation loss is below ``level``; None if there is none.
+
+    For runs that sit on a plateau and then learn abruptly (a deep Post-LN stack
+    at a high learning rate, a recall task), this step says more than the final loss.
+    """
+    return next((s for s, v in zip(history.eval_step, history.val_loss) if v < level), None)
+
+
+def largest_rise(values: Sequence[float], skip: int = 0) -> float:
+    """The most a loss curve rose above the best value it had reached before: its largest spike.
+
+    Values from index ``skip`` on are judged (a warmup's early values still set the
+    best so far); non-finite values are left out; 0.0 for a curve that never rose.
+    """
+    best, rise = math.inf, 0.0
+    for i, v in enumerate(x for x in values if math.isfinite(x)):
+        if i >= skip:
+            rise = max(rise, v - best)
+        best = min(best, v)
+    return rise
 
 
 def plot_curves(results: list[RunResult], ax=None, metric: str = "val_loss", title: str | None = None):

@@ -47,7 +47,7 @@ def pin_cpu_kernels() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability == "AVX2":
         return True
-    if capability in ("AVX512", "AVX512_BF16", "AVX512_VNNI", "AVX512_FP16", "AMX"):
+    if capability.startswith(("AVX512", "AMX")):  # chosen already, before the pin could apply
         warnings.warn(
             f"PyTorch already chose its {capability} kernels before setup() could pin them to AVX2, so this "
             "notebook's numbers may differ slightly from the stored ones. Call setup() in the first cell, "
