@@ -3,6 +3,8 @@
 #   make book       set up .venv if needed, build the HTML book into _build/html
 #   make test       set up, unit tests, nbval over every notebook, lint of the
 #                   stored notebooks, clean book build (warnings are errors)
+#   make book-zh    the Chinese edition (locale/zh_CN catalogs) into _build/html-zh
+#   make translations  extract the messages and update the catalogs (sphinx-intl)
 #   make notebooks  re-execute notebooks in place (NOTEBOOKS="a.ipynb b.ipynb"
 #                   for a subset), refreshing their stored outputs
 #   make clean      remove build outputs and caches (keeps .venv)
@@ -38,6 +40,11 @@ PARTIAL ?=
 BOOK_FLAGS := --warningiserror --nitpick --keep-going \
 	$(if $(PARTIAL),--toc _build/partial/_toc.yml --config _build/partial/_config.yml)
 PARTIAL_TOC_CMD := $(if $(PARTIAL),$(PY) tools/partial_book.py _build/partial &&,)
+# Translations (CONTRIBUTING.md, "Translations"): gettext catalogs, one .po
+# per document, under locale/<lang>/LC_MESSAGES/. tools/book_i18n.py runs the
+# same Jupyter Book build with its own doctrees (-W --nitpick --keep-going).
+LANGUAGES := zh_CN
+I18N_FLAGS := $(if $(PARTIAL),--partial,)
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
 	--nbval-cell-timeout 600 -p no:cacheprovider
 NOTEBOOKS ?=
@@ -68,10 +75,10 @@ define stage
 	fi
 endef
 
-.PHONY: help venv book test unit nbval lint-notebooks book-clean notebooks clean distclean
+.PHONY: help venv book book-zh translations check-translations test unit nbval lint-notebooks book-clean book-zh-clean notebooks clean distclean
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
 
 venv: $(STAMP) $(MATHJAX_STAMP)
 
@@ -95,6 +102,21 @@ book: venv
 	$(call stage,book,$(PARTIAL_TOC_CMD) $(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
 	@echo "open _build/html/index.html"
 
+book-zh: venv
+	$(call stage,book-zh,$(PARTIAL_TOC_CMD) $(LOCKED) $(PY) tools/book_i18n.py html zh_CN $(I18N_FLAGS))
+	@echo "open _build/html-zh/index.html"
+
+# Extract every message of the book (_build/gettext/**/*.pot), then merge them
+# into the catalogs: new messages arrive untranslated, changed ones fuzzy, and
+# removed ones are dropped (no obsolete #~ entries are kept).
+translations: venv
+	$(call stage,translations,$(PARTIAL_TOC_CMD) $(LOCKED) $(PY) tools/book_i18n.py gettext $(I18N_FLAGS) && \
+	  $(VENV)/bin/sphinx-intl update --no-obsolete --jobs 1 --pot-dir _build/gettext --locale-dir locale $(addprefix -l ,$(LANGUAGES)) && \
+	  $(PY) tools/check_translations.py --report-only)
+
+check-translations: venv
+	$(call stage,check of the translations,$(PY) tools/check_translations.py)
+
 unit: venv
 	$(call stage,unit tests,$(LOCKED) $(PY) -m pytest tests --ignore=tests/browser -q)
 
@@ -109,9 +131,16 @@ book-clean: venv
 	rm -rf _build
 	$(call stage,clean book build,$(PARTIAL_TOC_CMD) $(LOCKED) $(VENV)/bin/jupyter-book build . $(BOOK_FLAGS))
 
+# The Chinese edition builds after the English one: its check compares the
+# two builds page by page and follows every language-switch link.
+book-zh-clean: venv
+	rm -rf _build/html-zh _build/.doctrees-zh_CN _build/i18n
+	$(call stage,clean Chinese book build and translation check,$(PARTIAL_TOC_CMD) $(LOCKED) $(PY) tools/book_i18n.py html zh_CN $(I18N_FLAGS) && \
+	  $(PY) tools/check_translations.py --html _build/html --html-zh _build/html-zh $(I18N_FLAGS))
+
 test: venv
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit lint-notebooks nbval book-clean; \
+	$(MAKE) --no-print-directory unit lint-notebooks nbval book-clean book-zh-clean; \
 	echo "make test: all stages passed in $$(( $$(date +%s) - start )) s"
 
 notebooks: venv
