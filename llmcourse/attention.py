@@ -10,7 +10,10 @@ visible), PyTorch's fused ``scaled_dot_product_attention``, and the efficient
 kernels of :mod:`llmcourse.efficient_attention` (FlashAttention-style tiling,
 Performer's random features). Causality is a flag rather than a materialised
 ``T x S`` mask so that a tiled kernel never has to build one; every other mask,
-ALiBi and T5's buckets arrive in ``bias``.
+ALiBi and T5's buckets arrive in ``bias``, and a sparse pattern arrives as a
+:class:`~llmcourse.masks.Pattern` that the kernels able to (the registry's
+capability flags, :mod:`llmcourse.kernels`) apply tile by tile and the others
+receive as a bias.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import causal_bias, combine
-from .positions import apply_rotary
+from .kernels import kernel_spec
+from .masks import Pattern, causal_bias, combine
+from .norms import RMSNorm
+from .positions import Rotation
 
 Kernel = Callable[..., torch.Tensor]
 
@@ -75,17 +80,8 @@ def sdpa_attention(
 
 
 def get_kernel(impl: str) -> Kernel:
-    """The attention kernel named by ``ModelConfig.attn_impl``."""
-    if impl == "explicit":
-        return explicit_attention
-    if impl == "sdpa":
-        return sdpa_attention
-    from . import efficient_attention  # floor 2: tiled and random-feature kernels
-
-    kernels = getattr(efficient_attention, "KERNELS", {})
-    if impl not in kernels:
-        raise ValueError(f"attn_impl={impl!r} is not a known kernel; choose one of explicit, sdpa, {', '.join(kernels)}.")
-    return kernels[impl]
+    """The attention kernel named by ``ModelConfig.attn_impl`` (looked up in :data:`llmcourse.kernels.KERNELS`)."""
+    return kernel_spec(impl).function()
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -102,24 +98,53 @@ class KVCache:
     Self-attention appends each step's new keys and values. Cross-attention
     computes them once from the encoder output (``static``) and reuses them.
     Keys are cached after RoPE, so a cached key keeps the rotation of its own position.
+
+    With a ``window`` (``ModelConfig.sliding_window``) only the last ``window``
+    keys are kept after each step, so memory stays bounded however long the
+    generation runs. ``index`` and ``positions`` record, for the keys kept, their
+    index in the sequence and their position ids (which relative encodings and
+    sparse patterns need once old keys are gone); ``seen`` counts every token
+    ever appended (the next token's index).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int | None = None) -> None:
         self.k: torch.Tensor | None = None  # (B, K, S, Dh)
         self.v: torch.Tensor | None = None
         self.static = False
+        self.window = window
+        self.seen = 0
+        self.index: torch.Tensor | None = None  # (S,) sequence index of each kept key
+        self.positions: torch.Tensor | None = None  # (B|1, S[, 2]) position ids of each kept key
 
     @property
     def length(self) -> int:
+        """Number of keys held (``seen`` minus what a sliding window dropped)."""
         return 0 if self.k is None else self.k.shape[2]
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def append(
+        self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add a step's keys and values; returns every key and value this step attends to."""
+        T = k.shape[2]
+        new_index = torch.arange(self.seen, self.seen + T, device=k.device)
         if self.k is None:
-            self.k, self.v = k, v
+            self.k, self.v, self.index, self.positions = k, v, new_index, positions
         else:
             self.k = torch.cat([self.k, k], dim=2)
             self.v = torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+            self.index = torch.cat([self.index, new_index])
+            if positions is not None and self.positions is not None:
+                b = max(self.positions.shape[0], positions.shape[0])
+                past = self.positions.expand(b, *self.positions.shape[1:])
+                self.positions = torch.cat([past, positions.expand(b, *positions.shape[1:])], dim=1)
+        self.seen += T
+        k_all, v_all = self.k, self.v
+        if self.window is not None and self.k.shape[2] > self.window:  # the next query needs the last window - 1 keys
+            self.k, self.v = self.k[:, :, -self.window :], self.v[:, :, -self.window :]
+            self.index = self.index[-self.window :]
+            if self.positions is not None:
+                self.positions = self.positions[:, -self.window :]
+        return k_all, v_all
 
     def nbytes(self) -> int:
         """Memory held by the cache: ``2 * B * K * S * Dh * bytes_per_element``."""
@@ -144,8 +169,9 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         impl: str = "explicit",
         scale: float | None = None,
-        rope_pairing: str = "half",
         kernel_options: dict | None = None,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -160,13 +186,20 @@ class MultiHeadAttention(nn.Module):
         self.scale = head_dim**-0.5 if scale is None else scale
         self.dropout = dropout
         self.impl = impl
-        self.kernel = get_kernel(impl)
+        self.spec = kernel_spec(impl)
+        self.kernel = self.spec.function()
         self.kernel_options = dict(kernel_options or {})
-        self.rope_pairing = rope_pairing
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        # QK-norm (Qwen3, OLMo 2): RMSNorm over each head's query and key, before RoPE
+        self.q_norm = RMSNorm(head_dim, eps=norm_eps, fused=True) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps=norm_eps, fused=True) if qk_norm else None
+        # roles read by blocks.init_weights (GPT-2's scaled residual init, DeepNorm's beta)
+        self.q_proj.init_role = self.k_proj.init_role = "attn_qk"
+        self.v_proj.init_role = "attn_v"
+        self.o_proj.init_role = "residual_out"
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, L, _ = x.shape
@@ -179,29 +212,44 @@ class MultiHeadAttention(nn.Module):
         context: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         causal: bool = False,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: Rotation | None = None,
         cache: KVCache | None = None,
+        pattern: Pattern | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``positions``: the new tokens' position ids, recorded in the cache (relative encodings need them)."""
         B, T, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, Dh)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         if cache is not None and cache.static:
             k, v = cache.k, cache.v  # cross-attention keys computed on the first step
         else:
             source = x if context is None else context
             k = self._heads(self.k_proj(source), self.n_kv_heads)  # (B, K, S, Dh)
             v = self._heads(self.v_proj(source), self.n_kv_heads)
+            if self.k_norm is not None:
+                k = self.k_norm(k)
             if rope is not None:
-                cos, sin = rope
-                q = apply_rotary(q, cos, sin, self.rope_pairing)
-                k = apply_rotary(k, cos, sin, self.rope_pairing)
+                q, k = rope.apply(q), rope.apply(k)
             if cache is not None:
-                k, v = cache.append(k, v)
+                k, v = cache.append(k, v, positions)
                 cache.static = context is not None
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, Dh)
-        context_vectors = self.kernel(
+        kernel, options = self.kernel, dict(self.kernel_options)
+        if pattern is not None:
+            S = k.shape[-2]
+            whole = T == S and T % pattern.block == 0 and bias is None and not (self.dropout and self.training)
+            if pattern.name in self.spec.patterns and (whole or not self.spec.needs_full_blocks):
+                options["pattern"] = pattern  # the kernel applies it tile by tile
+            else:  # explicit path with the pattern as a dense bias (e.g. cached decoding with a block kernel)
+                bias = combine(bias, pattern.bias())
+                if self.spec.needs_full_blocks:
+                    kernel, options = explicit_attention, {}
+        context_vectors = kernel(
             q, k, v, bias=bias, causal=causal, scale=self.scale, dropout_p=self.dropout, training=self.training,
-            **self.kernel_options,
+            **options,
         )  # (B, H, T, Dh)
         context_vectors = context_vectors.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(context_vectors)  # (B, T, D)

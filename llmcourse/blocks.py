@@ -12,6 +12,23 @@ according to ``ModelConfig.norm_placement``:
   and feed-forward weights initialised scaled by ``beta`` (see :func:`init_weights`)
 
 and ``parallel_residual`` computes ``x + attn(LN1(x)) + ffn(LN2(x))`` (GPT-J, GPT-NeoX, PaLM).
+In a decoder with cross-attention the parallel form gets a third branch,
+``x + attn(LN1(x)) + cross(LN3(x)) + ffn(LN2(x))``: every branch reads the same
+block input, which is the point of the parallel form (PaLM fuses the branches'
+input projections into one matmul), and the next layer still sees what the
+cross-attention brought in. Placing cross-attention after the parallel pair
+would bring back a sequential sublayer and lose that property.
+
+What a placement implies besides the wiring (a final norm, post-norms, DeepNet's
+constants, whether the parallel form is defined) is one table,
+:data:`llmcourse.config.PLACEMENTS`; :meth:`Block._sublayer` is the one place
+that applies a placement.
+
+The feed-forward slot holds a dense :class:`~llmcourse.ffn.FeedForward` or, on
+the layers ``ModelConfig.is_moe_layer`` names, a mixture of experts
+(:mod:`llmcourse.moe`) with the same signature; what a component has to say
+besides its output (auxiliary losses, statistics) goes through
+:mod:`llmcourse.auxiliary`, never through these return values.
 """
 
 from __future__ import annotations
@@ -25,14 +42,15 @@ from torch import nn
 from .attention import KVCache, MultiHeadAttention
 from .config import ModelConfig
 from .ffn import FeedForward
+from .kernels import kernel_spec
+from .masks import Pattern
 from .norms import make_norm
+from .positions import Rotation
 
 
 def kernel_options(config: ModelConfig) -> dict:
-    """Extra keyword arguments the configured attention kernel needs."""
-    if config.attn_impl == "performer":
-        return {"n_features": config.performer_features}
-    return {}
+    """Extra keyword arguments the configured attention kernel needs (declared in its registry entry)."""
+    return kernel_spec(config.attn_impl).options_from(config)
 
 
 def _attention(config: ModelConfig) -> MultiHeadAttention:
@@ -45,40 +63,55 @@ def _attention(config: ModelConfig) -> MultiHeadAttention:
         dropout=config.dropout,
         impl=config.attn_impl,
         scale=config.resolved_attn_scale,
-        rope_pairing=config.rope_pairing,
         kernel_options=kernel_options(config),
+        qk_norm=config.qk_norm,
+        norm_eps=config.norm_eps,
+    )
+
+
+def feed_forward(config: ModelConfig, layer: int = 0) -> nn.Module:
+    """The module in a block's feed-forward slot: dense, or a mixture of experts on MoE layers."""
+    if config.is_moe_layer(layer):
+        from .moe import MoEFeedForward  # floor 3; imported only when a config asks for experts
+
+        return MoEFeedForward.from_config(config)
+    return FeedForward(
+        config.d_model, config.resolved_d_ff, config.ffn, bias=config.bias, dropout=config.dropout,
+        fused=config.fused_kernels,
     )
 
 
 class LayerCache:
     """The KV caches of one block: self-attention, and cross-attention in an encoder-decoder."""
 
-    def __init__(self) -> None:
-        self.self_attn = KVCache()
+    def __init__(self, window: int | None = None) -> None:
+        self.self_attn = KVCache(window)
         self.cross_attn = KVCache()
 
 
 class Block(nn.Module):
     """One layer. Shapes: ``x (B, T, D)``, ``context (B, S, D)`` -> ``(B, T, D)``."""
 
-    def __init__(self, config: ModelConfig, cross_attention: bool = False, alpha: float = 1.0) -> None:
+    def __init__(self, config: ModelConfig, cross_attention: bool = False, alpha: float = 1.0, layer: int = 0) -> None:
         super().__init__()
         D, eps, nb = config.d_model, config.norm_eps, config.resolved_norm_bias
+
+        def norm() -> nn.Module:
+            return make_norm(config.norm, D, eps, nb, fused=config.fused_kernels)
+
         self.placement = config.norm_placement
         self.parallel_residual = config.parallel_residual
         self.alpha = alpha  # DeepNorm's residual scale; 1 for the other placements
-        self.attn_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels)
+        self.attn_norm = norm()
         self.attn = _attention(config)
         self.cross_attn = _attention(config) if cross_attention else None
-        self.cross_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if cross_attention else None
-        self.ffn_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels)
-        self.ffn = FeedForward(
-            D, config.resolved_d_ff, config.ffn, bias=config.bias, dropout=config.dropout, fused=config.fused_kernels
-        )
-        sandwich = self.placement == "sandwich"
-        self.attn_post_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if sandwich else None
-        self.cross_post_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if sandwich and cross_attention else None
-        self.ffn_post_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if sandwich else None
+        self.cross_norm = norm() if cross_attention else None
+        self.ffn_norm = norm()
+        self.ffn = feed_forward(config, layer)
+        post = config.placement.post_norms
+        self.attn_post_norm = norm() if post else None
+        self.cross_post_norm = norm() if post and cross_attention else None
+        self.ffn_post_norm = norm() if post else None
         self.dropout = nn.Dropout(config.dropout)
 
     def _sublayer(
@@ -98,19 +131,19 @@ class Block(nn.Module):
         *,
         bias: torch.Tensor | None = None,
         causal: bool = False,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rope: Rotation | None = None,
         context: torch.Tensor | None = None,
         context_bias: torch.Tensor | None = None,
         cache: LayerCache | None = None,
+        pattern: Pattern | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self_cache = cache.self_attn if cache is not None else None
 
         def self_attention(h: torch.Tensor) -> torch.Tensor:
-            return self.attn(h, bias=bias, causal=causal, rope=rope, cache=self_cache)
+            return self.attn(h, bias=bias, causal=causal, rope=rope, cache=self_cache, pattern=pattern, positions=positions)
 
-        if self.parallel_residual:
-            return x + self.dropout(self_attention(self.attn_norm(x))) + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self._sublayer(x, self_attention, self.attn_norm, self.attn_post_norm)
+        cross_attention = None
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass the encoder output as context=(B, S, D).")
@@ -119,34 +152,51 @@ class Block(nn.Module):
             def cross_attention(h: torch.Tensor) -> torch.Tensor:
                 return self.cross_attn(h, context=context, bias=context_bias, cache=cross_cache)
 
+        if self.parallel_residual:  # every branch reads the same block input (see the module docstring)
+            out = x + self.dropout(self_attention(self.attn_norm(x))) + self.dropout(self.ffn(self.ffn_norm(x)))
+            if cross_attention is not None:
+                out = out + self.dropout(cross_attention(self.cross_norm(x)))
+            return out
+        x = self._sublayer(x, self_attention, self.attn_norm, self.attn_post_norm)
+        if cross_attention is not None:
             x = self._sublayer(x, cross_attention, self.cross_norm, self.cross_post_norm)
         return self._sublayer(x, self.ffn, self.ffn_norm, self.ffn_post_norm)
 
 
-def init_weights(module: nn.Module, config: ModelConfig, n_layers: int, beta: float | None = None) -> None:
-    """Initialise one stack's parameters.
+INIT_ROLES = ("attn_qk", "attn_v", "residual_out", "ffn_in", "norm")
+DEEPNORM_GAIN_ONE = ("attn_qk",)  # DeepNet scales value, output and FFN weights by beta, not queries and keys
+DEEPNORM_SCALED = ("attn_v", "residual_out", "ffn_in")
 
-    Linear and embedding weights ~ N(0, init_std), biases 0, norms 1. With
-    ``scaled_residual_init`` the projections that write into the residual stream
-    (``o_proj``, ``down_proj``) get ``init_std / sqrt(2 * n_layers)`` (GPT-2).
-    With DeepNorm, ``beta`` is given: every attention and FFN matrix is Xavier-normal,
-    with gain ``beta`` for the value, output and FFN projections (DeepNet, sec. 3).
+
+def init_weights(module: nn.Module, config: ModelConfig, n_layers: int, beta: float | None = None) -> None:
+    """Initialise one stack's parameters by the *role* each submodule declares (``module.init_role``).
+
+    Linear and embedding weights ~ N(0, init_std), biases 0, norms (role
+    ``"norm"``) gain 1 and bias 0. With ``scaled_residual_init`` the
+    projections that write into the residual stream (role ``"residual_out"``:
+    ``o_proj``, ``down_proj``) get ``init_std / sqrt(2 * n_layers)`` (GPT-2).
+    With DeepNorm, ``beta`` is given: every attention and FFN matrix is
+    Xavier-normal, with gain ``beta`` for the value, output and FFN projections
+    (roles ``attn_v``, ``residual_out``, ``ffn_in``) and 1 for queries and keys
+    (DeepNet, sec. 3). A new component (a router, a latent projection) sets its
+    own ``init_role`` instead of being recognised by its parameter names;
+    without a role it gets the plain normal init.
     """
     std = config.init_std
-    for name, p in module.named_parameters():
-        leaf = name.rsplit(".", 2)
-        pname = leaf[-1]
-        parent = leaf[-2] if len(leaf) > 1 else ""
-        if p.dim() == 1:
-            if "norm" in parent:
+    seen: set[int] = set()
+    for sub in module.modules():  # the same order as module.named_parameters()
+        role = getattr(sub, "init_role", None)  # one of INIT_ROLES, a component's own, or None
+        for pname, p in sub.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if role == "norm":
                 nn.init.ones_(p) if pname == "weight" else nn.init.zeros_(p)
-            else:
+            elif p.dim() == 1:
                 nn.init.zeros_(p)
-            continue
-        if beta is not None and parent in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
-            gain = 1.0 if parent in ("q_proj", "k_proj") else beta
-            nn.init.xavier_normal_(p, gain=gain)
-        elif config.scaled_residual_init and parent in ("o_proj", "down_proj"):
-            nn.init.normal_(p, 0.0, std / math.sqrt(2 * n_layers))
-        else:
-            nn.init.normal_(p, 0.0, std)
+            elif beta is not None and role in DEEPNORM_GAIN_ONE + DEEPNORM_SCALED:
+                nn.init.xavier_normal_(p, gain=1.0 if role in DEEPNORM_GAIN_ONE else beta)
+            elif config.scaled_residual_init and role == "residual_out":
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * n_layers))
+            else:
+                nn.init.normal_(p, 0.0, std)

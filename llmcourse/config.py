@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .kernels import KERNELS, kernel_spec
+
 # The names each option accepts. Components register their implementations
 # under exactly these names; the config is the single place that lists them.
 ARCHS = ("decoder", "encoder_decoder")
@@ -29,8 +31,33 @@ FFNS = ("relu", "gelu", "gelu_tanh", "swish", "glu", "reglu", "geglu", "swiglu",
         "geglu_tanh")  # geglu_tanh: GeGLU with the tanh GeLU (T5 v1.1, "gated-gelu")
 POSITIONS = ("learned", "sinusoidal", "t5", "alibi", "rope", "none")
 ROPE_PAIRINGS = ("half", "interleaved")
-ATTN_IMPLS = ("explicit", "sdpa", "flash", "performer")
+ATTN_IMPLS = tuple(KERNELS)  # the kernel registry (llmcourse.kernels) is the one list
 ATTN_PATTERNS = ("full", "strided", "fixed", "bigbird", "window")
+MOE_DISPATCHES = ("sorted", "reference")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a norm placement implies, in one table (the blocks apply it; nothing else tests the name).
+
+    ``final_norm``: the default of ``ModelConfig.final_norm`` (a pre-norm stack ends un-normalised);
+    ``post_norms``: a second norm on each sublayer's output (sandwich);
+    ``deepnorm``: DeepNet's residual scale alpha and init gain beta;
+    ``parallel``: whether ``parallel_residual`` is defined for it.
+    """
+
+    final_norm: bool
+    post_norms: bool = False
+    deepnorm: bool = False
+    parallel: bool = False
+
+
+PLACEMENTS = {
+    "pre": Placement(final_norm=True, parallel=True),
+    "post": Placement(final_norm=False),
+    "sandwich": Placement(final_norm=True, post_norms=True),
+    "deepnorm": Placement(final_norm=False, deepnorm=True),
+}
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -88,6 +115,7 @@ class ModelConfig:
     sinusoidal_scale: float | None = None  # amplitude of the sinusoids; None: init_std (the paper's token-to-position ratio)
     rel_num_buckets: int = 32  # T5 relative buckets
     rel_max_distance: int = 128
+    position_dims: int = 1  # 2: two position ids per token (GLM's blank infilling), position_ids (B|1, T, 2)
     # --- attention -------------------------------------------------------
     attn_impl: str = "explicit"  # explicit | sdpa | flash | performer
     attn_pattern: str = "full"  # full | strided | fixed | bigbird | window (sparse patterns)
@@ -96,6 +124,8 @@ class ModelConfig:
     attn_random_blocks: int = 1  # BigBird random blocks per query block
     performer_features: int = 64  # random features of FAVOR+
     attn_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+    sliding_window: int | None = None  # each query sees the last W keys (Mistral); the KV cache keeps only W
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3, OLMo 2)
     bias: bool = True  # biases in every linear layer (and norms unless norm_bias says otherwise)
     # --- residual wiring and head ---------------------------------------
     parallel_residual: bool = False  # x + attn(norm(x)) + ffn(norm(x)) (GPT-J, GPT-NeoX, PaLM)
@@ -105,9 +135,20 @@ class ModelConfig:
     # --- initialisation --------------------------------------------------
     init_std: float = 0.02
     scaled_residual_init: bool = True  # GPT-2: residual projections scaled by 1/sqrt(2 * n_layers)
-    # --- mixture of experts (chapter 06) ----------------------------------
+    # --- mixture of experts (chapter 06; llmcourse.moe) ---------------------
     n_experts: int = 0  # 0: dense feed-forward
-    top_k: int = 1
+    top_k: int = 1  # experts per token: 1 (Switch), 2 (GShard, GLaM, Mixtral)
+    capacity_factor: float | None = None  # expert capacity ceil(cf * tokens * top_k / n_experts); None: no dropping
+    expert_capacity: int | None = None  # an absolute capacity per expert (overrides capacity_factor)
+    router_jitter: float = 0.0  # multiplicative noise on router inputs while training (Switch: 0.01)
+    router_bias: bool = False  # a bias in the router's linear gate
+    balance_loss_coef: float = 0.01  # Switch load-balancing loss E * sum_i f_i P_i
+    router_z_loss_coef: float = 1e-3  # ST-MoE router z-loss mean(logsumexp(logits)^2)
+    n_shared_experts: int = 0  # experts every token uses besides the routed ones (DeepSeekMoE)
+    expert_d_ff: int | None = None  # hidden width of one expert; None: d_ff
+    moe_every: int = 1  # layer i is MoE when i >= moe_offset and (i - moe_offset) % moe_every == 0
+    moe_offset: int = 0
+    moe_dispatch: str = "sorted"  # sorted (grouped by expert) | reference (loop over experts with masks)
     # --- special tokens (encoder-decoder and padding) ---------------------
     pad_token_id: int | None = None
     decoder_start_token_id: int = 0
@@ -126,7 +167,7 @@ class ModelConfig:
         _choice("ffn", self.ffn, FFNS)
         _choice("position", self.position, POSITIONS)
         _choice("rope_pairing", self.rope_pairing, ROPE_PAIRINGS)
-        _choice("attn_impl", self.attn_impl, ATTN_IMPLS)
+        kernel_spec(self.attn_impl)  # raises for a name the registry does not know
         _choice("attn_pattern", self.attn_pattern, ATTN_PATTERNS)
         if self.head_dim is None and self.d_model % self.n_heads != 0:
             raise ValueError(
@@ -165,27 +206,93 @@ class ModelConfig:
                 "mask='prefix' applies to decoder-only models; an encoder-decoder already encodes its "
                 "input bidirectionally. Use arch='decoder' with mask='prefix', or mask='causal'."
             )
-        if self.parallel_residual and self.norm_placement != "pre":
+        if self.parallel_residual and not PLACEMENTS[self.norm_placement].parallel:
             raise ValueError(
                 f"parallel_residual=True is defined for norm_placement='pre' (GPT-J, GPT-NeoX, PaLM), "
                 f"not {self.norm_placement!r}; set norm_placement='pre' or parallel_residual=False."
             )
-        if self.attn_impl == "performer" and (self.attn_pattern != "full" or self.position in ("t5", "alibi") or self.mask == "prefix"):
+        if self.position_dims not in (1, 2):
+            raise ValueError(f"position_dims={self.position_dims} must be 1 or 2 (GLM's two position ids).")
+        if self.position_dims == 2 and self.position not in ("learned", "sinusoidal", "rope"):
             raise ValueError(
-                "attn_impl='performer' never forms the T x S score matrix, so it cannot apply a bias that depends on "
-                "query and key (attn_pattern other than 'full', position 't5' or 'alibi', mask 'prefix'); "
-                "use attn_impl='explicit', 'sdpa' or 'flash' for those."
+                f"position_dims=2 (GLM's two position ids) works with position 'learned', 'sinusoidal' or 'rope' "
+                f"(each id gets its own table, sinusoid or half of the rotary dimensions), not {self.position!r}."
             )
-        if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
+        if self.position_dims == 2 and self.position == "rope" and self.resolved_rotary_dim % 4:
             raise ValueError(
-                f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}; n_experts=0 means dense."
+                f"position_dims=2 with RoPE rotates half of the rotary dimensions by each position id, so "
+                f"rotary_dim={self.resolved_rotary_dim} must be a multiple of 4; change head_dim or rotary_dim."
             )
+        _positive("sliding_window", self.sliding_window, allow_none=True)
+        if self.sliding_window is not None and self.attn_pattern != "full":
+            raise ValueError(
+                f"sliding_window={self.sliding_window} is itself a sparse pattern; it cannot be combined with "
+                f"attn_pattern={self.attn_pattern!r}. Use one of them (attn_pattern='window' with attn_block=W "
+                "is the same restriction without the KV cache trimming)."
+            )
+        self._check_kernel()
+        self._check_moe()
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id={self.pad_token_id} must be a token id below vocab_size={self.vocab_size}.")
         if not 0 <= self.decoder_start_token_id < self.vocab_size:
             raise ValueError(
                 f"decoder_start_token_id={self.decoder_start_token_id} must be below vocab_size={self.vocab_size}."
             )
+
+    def _check_kernel(self) -> None:
+        spec = kernel_spec(self.attn_impl)
+        pattern = "window" if self.sliding_window is not None else self.attn_pattern
+        if spec.bias != "any":
+            needs = []
+            if pattern != "full" and pattern not in spec.patterns:
+                needs.append(f"attn_pattern={pattern!r}")
+            if self.position in ("t5", "alibi"):
+                needs.append(f"position={self.position!r}")
+            if self.mask == "prefix":
+                needs.append("mask='prefix'")
+            if needs:
+                exact = ", ".join(repr(n) for n, k in KERNELS.items() if k.bias == "any")
+                raise ValueError(
+                    f"attn_impl={self.attn_impl!r} cannot apply a bias that depends on both query and key "
+                    f"({spec.description}), which {', '.join(needs)} needs; use attn_impl {exact} for those."
+                )
+        if spec.needs_full_blocks and pattern == "full":
+            raise ValueError(
+                f"attn_impl={self.attn_impl!r} computes a sparse pattern; set attn_pattern (strided, fixed, "
+                "bigbird, window) or sliding_window, or use attn_impl='explicit', 'sdpa' or 'flash'."
+            )
+
+    def _check_moe(self) -> None:
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.top_k <= self.n_experts):
+            raise ValueError(
+                f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}; n_experts=0 means dense."
+            )
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(
+                f"capacity_factor={self.capacity_factor} must be positive (Switch uses 1.0-1.25), or None to drop "
+                "no tokens."
+            )
+        _positive("expert_capacity", self.expert_capacity, allow_none=True)
+        _positive("expert_d_ff", self.expert_d_ff, allow_none=True)
+        _positive("moe_every", self.moe_every)
+        for name in ("n_shared_experts", "moe_offset"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}={v!r} must be a non-negative integer.")
+        for name in ("router_jitter", "balance_loss_coef", "router_z_loss_coef"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0.")
+        _choice("moe_dispatch", self.moe_dispatch, MOE_DISPATCHES)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` (0-based) has a mixture of experts in its feed-forward slot."""
+        return bool(self.n_experts) and layer >= self.moe_offset and (layer - self.moe_offset) % self.moe_every == 0
+
+    @property
+    def placement(self) -> Placement:
+        """What ``norm_placement`` implies (:data:`PLACEMENTS`)."""
+        return PLACEMENTS[self.norm_placement]
 
     # --- derived values ----------------------------------------------------
     @property
@@ -208,7 +315,7 @@ class ModelConfig:
     def resolved_final_norm(self) -> bool:
         if self.final_norm is not None:
             return self.final_norm
-        return self.norm_placement in ("pre", "sandwich")
+        return self.placement.final_norm
 
     @property
     def resolved_norm_bias(self) -> bool:

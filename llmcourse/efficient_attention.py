@@ -59,12 +59,14 @@ def _bias_tile(bias: torch.Tensor, r0: int, r1: int, j0: int, j1: int) -> torch.
     return bias[..., rows, cols]
 
 
-def _tile_scores(q, k, bias, causal, scale, offset, r0, j0, j1):
+def _tile_scores(q, k, bias, causal, scale, offset, r0, j0, j1, pattern=None):
     """Scores of the queries ``r0:`` against the key tile ``j0:j1``: ``(B, H, T - r0, j1 - j0)``."""
     T = q.shape[-2]
     s = (q[..., r0:, :] @ k[..., j0:j1, :].transpose(-2, -1)) * scale
     if bias is not None:
         s = s + _bias_tile(bias, r0, T, j0, j1)
+    if pattern is not None:  # a sparse pattern, built for this tile alone
+        s = s + torch.where(pattern.allowed(slice(r0, T), slice(j0, j1)), 0.0, MASKED).to(s.dtype)
     if causal and j1 - 1 > r0 + offset:  # the tile reaches above the diagonal
         q_pos = torch.arange(r0, T, device=q.device)[:, None] + offset
         k_pos = torch.arange(j0, j1, device=q.device)[None, :]
@@ -87,7 +89,7 @@ class FlashAttentionFunction(torch.autograd.Function):
     """softmax(q k^T * scale + bias) v, tiled over keys, with a backward that recomputes each tile."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, causal, scale, block_size, dropout_p, seed):
+    def forward(ctx, q, k, v, bias, causal, scale, block_size, dropout_p, seed, pattern=None):
         B, H, T, _ = q.shape
         S, Dv = k.shape[-2], v.shape[-1]
         offset = S - T
@@ -100,7 +102,7 @@ class FlashAttentionFunction(torch.autograd.Function):
             r0 = _first_row(causal, offset, j0)
             if r0 >= T:
                 break
-            s = _tile_scores(q, k, bias, causal, scale, offset, r0, j0, j1).to(acc)  # (B, H, T-r0, L)
+            s = _tile_scores(q, k, bias, causal, scale, offset, r0, j0, j1, pattern).to(acc)  # (B, H, T-r0, L)
             m_old = row_max[..., r0:, :]
             m_new = torch.maximum(m_old, s.amax(-1, keepdim=True))
             p = torch.exp(s - m_new)  # (B, H, T-r0, L)
@@ -115,6 +117,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, bias, out, lse)
         ctx.causal, ctx.scale, ctx.block_size, ctx.dropout_p, ctx.seed = causal, scale, block_size, dropout_p, seed
+        ctx.pattern = pattern
         return out
 
     @staticmethod
@@ -137,7 +140,7 @@ class FlashAttentionFunction(torch.autograd.Function):
             r0 = _first_row(causal, offset, j0)
             if r0 >= T:
                 break
-            s = _tile_scores(q, k, bias, causal, scale, offset, r0, j0, j1).to(acc)
+            s = _tile_scores(q, k, bias, causal, scale, offset, r0, j0, j1, ctx.pattern).to(acc)
             p = torch.exp(s - lse[..., r0:, :])  # the tile's probabilities, recomputed: (B, H, T-r0, L)
             g = grad_out[..., r0:, :]
             k_tile, v_tile = k[..., j0:j1, :].to(acc), v[..., j0:j1, :].to(acc)
@@ -156,7 +159,7 @@ class FlashAttentionFunction(torch.autograd.Function):
                 reduced = ds.sum(dim=dims, keepdim=True) if dims else ds
                 _bias_tile(dbias, r0, T, j0, j1).add_(reduced)
         dbias = dbias.to(bias.dtype) if need_dbias else None
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, None, None, None, None, None, None
 
 
 def flash_attention(
@@ -171,6 +174,7 @@ def flash_attention(
     training: bool = False,
     block_size: int = 128,
     dropout_seed: int | None = None,
+    pattern=None,
 ) -> torch.Tensor:
     """FlashAttention in plain PyTorch: exact attention in memory linear in the length.
 
@@ -182,7 +186,9 @@ def flash_attention(
     the backward recomputes each tile's probabilities from them. With
     ``causal=True`` tiles above the diagonal are skipped and the causal mask of
     a diagonal tile is built for that tile alone. A ``bias`` (ALiBi, T5 buckets,
-    sparse patterns) is sliced tile by tile and receives its gradient.
+    sparse patterns) is sliced tile by tile and receives its gradient; a sparse
+    ``pattern`` (:class:`llmcourse.masks.Pattern`) is instead evaluated tile by
+    tile from its position rule, so it costs no ``T x S`` memory either.
     Dropout masks are regenerated per tile from ``dropout_seed`` (drawn from
     torch's global generator when ``None``).
 
@@ -195,7 +201,7 @@ def flash_attention(
     seed = 0
     if p:
         seed = int(torch.randint(0, 2**62, (1,))) if dropout_seed is None else dropout_seed
-    return FlashAttentionFunction.apply(q, k, v, _as_4d(bias), causal, scale, block_size, p, seed)
+    return FlashAttentionFunction.apply(q, k, v, _as_4d(bias), causal, scale, block_size, p, seed, pattern)
 
 
 # --- Performer / RFA ---------------------------------------------------------------
@@ -504,4 +510,30 @@ def _blocked(q, k, v, pattern, block, global_blocks, random_blocks, seed, causal
     return out
 
 
+def pattern_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    pattern,
+    bias: torch.Tensor | None = None,
+    causal: bool = True,
+    scale: float,
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """:func:`sparse_attention` driven by a :class:`llmcourse.masks.Pattern` (the ``'sparse'`` kernel of the registry).
+
+    The attention layer calls it only for whole sequences (``T == S``, ``T`` a
+    multiple of the block, no extra bias, no dropout) and uses the explicit
+    path with the pattern as a bias for everything else (cached decoding).
+    """
+    options = {k: v for k, v in pattern.options.items() if k != "causal"}
+    return sparse_attention(
+        q, k, v, pattern=pattern.name, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p,
+        training=training, **options,
+    )
+
+
+# Kept for code that looked kernels up here; the registry is llmcourse.kernels.KERNELS.
 KERNELS = {"flash": flash_attention, "performer": performer_attention}

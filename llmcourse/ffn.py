@@ -154,6 +154,11 @@ class FeedForward(nn.Module):
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        # roles read by blocks.init_weights (GPT-2's scaled residual init, DeepNorm's beta)
+        self.up_proj.init_role = "ffn_in"
+        if self.gate_proj is not None:
+            self.gate_proj.init_role = "ffn_in"
+        self.down_proj.init_role = "residual_out"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:

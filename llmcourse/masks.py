@@ -15,9 +15,21 @@ of NaNs, and the sum of two masks never overflows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 MASKED = -1e9  # exp(MASKED - max) underflows to exactly 0 in float32
+
+
+def relative_positions(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """The offset ``key - query`` of every (query, key) pair: the one helper every relative rule uses.
+
+    T5's buckets, ALiBi's distances, the causal mask and the sparse patterns all
+    depend on positions only through this offset. Shapes: ``q_pos (..., T)``,
+    ``k_pos (..., S)`` (leading dimensions broadcast, e.g. ``(B|1, T)``) -> ``(..., T, S)``.
+    """
+    return k_pos[..., None, :] - q_pos[..., :, None]
 
 
 def allowed_to_bias(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -34,9 +46,7 @@ def causal_allowed(T: int, S: int | None = None, offset: int | None = None, devi
     """
     S = T if S is None else S
     offset = S - T if offset is None else offset
-    q_pos = torch.arange(T, device=device)[:, None] + offset
-    k_pos = torch.arange(S, device=device)[None, :]
-    return k_pos <= q_pos
+    return relative_positions(torch.arange(T, device=device) + offset, torch.arange(S, device=device)) <= 0
 
 
 def causal_bias(T: int, S: int | None = None, offset: int | None = None, device=None) -> torch.Tensor:
@@ -251,3 +261,33 @@ def sparse_allowed(pattern: str, T: int, S: int | None = None, offset: int | Non
 def sparse_bias(pattern: str, T: int, S: int | None = None, offset: int | None = None, device=None, **options) -> torch.Tensor:
     """:func:`sparse_allowed` as an additive bias. Shapes: returns ``(1, 1, T, S)``."""
     return allowed_to_bias(sparse_allowed(pattern, T, S, offset, device, **options))[None, None]
+
+
+@dataclass
+class Pattern:
+    """A sparse pattern at given sequence indices, handed to a kernel instead of a dense ``T x S`` bias.
+
+    ``q_index (T,)`` and ``k_index (S,)`` are the tokens' indices in the
+    sequence (not their position ids: a pattern is about order), so the rule
+    stays right when a KV cache has dropped old keys (sliding window). A kernel
+    that knows the pattern (``KernelSpec.patterns``) asks for one tile at a time
+    (:meth:`allowed` with row and column slices) and never holds the whole
+    matrix; any other kernel gets :meth:`bias`.
+    """
+
+    name: str  # strided | fixed | bigbird | window
+    q_index: torch.Tensor
+    k_index: torch.Tensor
+    options: dict = field(default_factory=dict)  # block, global_blocks, random_blocks, seed, summary, causal
+
+    @property
+    def block(self) -> int:
+        return self.options.get("block", 16)
+
+    def allowed(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+        """Boolean ``(T', S')`` for the query rows and key columns asked for."""
+        return pattern_allowed(self.name, self.q_index[rows][:, None], self.k_index[cols][None, :], **self.options)
+
+    def bias(self) -> torch.Tensor:
+        """The whole pattern as an additive bias ``(1, 1, T, S)``."""
+        return allowed_to_bias(self.allowed())[None, None]

@@ -20,7 +20,7 @@ from torch import nn
 
 from .blocks import Block, LayerCache, init_weights
 from .config import ModelConfig
-from .masks import combine, padding_bias, prefix_bias, sparse_bias
+from .masks import Pattern, combine, padding_bias, prefix_bias
 from .norms import make_norm
 from .positions import build_positions
 
@@ -33,46 +33,83 @@ class Stack(nn.Module):
 
     def __init__(self, config: ModelConfig, n_layers: int, *, bidirectional: bool, cross_attention: bool, stack: str) -> None:
         super().__init__()
-        alpha, beta = config.deepnorm_constants(stack) if config.norm_placement == "deepnorm" else (1.0, None)
+        alpha, beta = config.deepnorm_constants(stack) if config.placement.deepnorm else (1.0, None)
         self.positions = build_positions(config, bidirectional=bidirectional or config.mask == "prefix")
         D, eps, nb = config.d_model, config.norm_eps, config.resolved_norm_bias
         self.embed_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if config.embed_norm else None
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, cross_attention, alpha) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(config, cross_attention, alpha, layer=i) for i in range(n_layers))
         self.final_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if config.resolved_final_norm else None
         self.config = config  # read for the sparse attention pattern (chapter 05)
+        self.bidirectional = bidirectional
         init_weights(self, config, n_layers, beta)
+
+    def _pattern(self, q_index: torch.Tensor, k_index: torch.Tensor, causal: bool) -> Pattern | None:
+        cfg = self.config
+        if cfg.sliding_window is not None and not self.bidirectional:
+            return Pattern("window", q_index, k_index, {"block": cfg.sliding_window, "causal": True})
+        if cfg.attn_pattern == "full":
+            return None
+        options = dict(block=cfg.attn_block, causal=causal)
+        if cfg.attn_pattern == "bigbird":
+            options.update(global_blocks=cfg.attn_global_blocks, random_blocks=cfg.attn_random_blocks)
+        return Pattern(cfg.attn_pattern, q_index, k_index, options)
 
     def forward(
         self,
         h: torch.Tensor,
         *,
         offset: int = 0,
+        position_ids: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
         causal: bool = False,
         context: torch.Tensor | None = None,
         context_bias: torch.Tensor | None = None,
         caches: list[LayerCache] | None = None,
     ) -> torch.Tensor:
-        T = h.shape[1]
-        positions = torch.arange(offset, offset + T, device=h.device)
-        h = self.positions.embed(h, positions)
+        """``position_ids``: ``(B|1, T)`` (or ``(B|1, T, 2)``), default ``offset + arange(T)``.
+
+        ``key_mask`` ``(B, S_total)``: 1 for real tokens over every position so
+        far (cached ones included); the stack keeps the columns of the keys the
+        cache still holds. ``bias`` must already cover this call's ``(T, S)``.
+        """
+        B, T = h.shape[:2]
+        device = h.device
+        if position_ids is None:
+            position_ids = torch.arange(offset, offset + T, device=device)[None]  # (1, T)
+            if self.config.position_dims == 2:  # GLM's second id: 0 outside the blanks
+                position_ids = torch.stack([position_ids, torch.zeros_like(position_ids)], dim=-1)
+        elif position_ids.dim() == 1:
+            position_ids = position_ids[None]
+        if position_ids.shape[1] != T or position_ids.shape[0] not in (1, B):
+            raise ValueError(
+                f"position_ids has shape {tuple(position_ids.shape)}; expected (B|1, T) = ({B}|1, {T})"
+                + (" with a last dimension of 2 (position_dims=2)." if self.config.position_dims == 2 else ".")
+            )
+        past = caches[0].self_attn if caches else None
+        q_index = torch.arange(offset, offset + T, device=device)
+        k_index, k_pos = q_index, position_ids
+        if past is not None and past.k is not None:  # keys this call attends to: those kept, then the new ones
+            k_index = torch.cat([past.index, q_index])
+            if past.positions is not None:
+                b = max(past.positions.shape[0], position_ids.shape[0])
+                k_pos = torch.cat([past.positions.expand(b, *past.positions.shape[1:]),
+                                   position_ids.expand(b, *position_ids.shape[1:])], dim=1)
+        h = self.positions.embed(h, position_ids)
         if self.embed_norm is not None:
             h = self.embed_norm(h)
         h = self.dropout(h)
         # computed once per stack and shared by every layer (T5 buckets, ALiBi)
-        bias = combine(bias, self.positions.attn_bias(T, offset + T, offset, device=h.device))
-        cfg = self.config
-        if cfg.attn_pattern != "full":  # a sparse pattern restricts self-attention on top of the mask (chapter 05)
-            bias = combine(bias, sparse_bias(
-                cfg.attn_pattern, T, offset + T, offset, device=h.device, block=cfg.attn_block,
-                global_blocks=cfg.attn_global_blocks, random_blocks=cfg.attn_random_blocks, causal=causal,
-            ))
-        rope = self.positions.rotary(positions)
+        bias = combine(bias, self.positions.relative_bias(position_ids, k_pos))
+        if key_mask is not None:
+            bias = combine(bias, padding_bias(key_mask[:, k_index]))
+        pattern = self._pattern(q_index, k_index, causal)
+        rope = self.positions.rotation(position_ids)
         for i, block in enumerate(self.blocks):
             h = block(
                 h, bias=bias, causal=causal, rope=rope, context=context, context_bias=context_bias,
-                cache=caches[i] if caches is not None else None,
+                cache=caches[i] if caches is not None else None, pattern=pattern, positions=position_ids,
             )
         return self.final_norm(h) if self.final_norm is not None else h
 
@@ -117,8 +154,10 @@ class DecoderLM(_LMHead):
     """Decoder-only language model: a causal decoder, or a prefix decoder when ``config.mask == 'prefix'``.
 
     ``model(input_ids)`` -> logits ``(B, T, V)``. Optional: ``prefix_len`` (int or ``(B,)``; prefix
-    decoders only), ``attention_mask`` ``(B, S)`` with 0 on padding, ``cache`` from :meth:`new_cache`
-    for incremental decoding, ``extrapolate=True`` to run past ``max_seq_len``.
+    decoders only), ``attention_mask`` ``(B, S)`` with 0 on padding (``S`` counts cached tokens too),
+    ``position_ids`` ``(B|1, T)`` (``(B|1, T, 2)`` with ``position_dims=2``; default: each token's index,
+    continuing after the cache), ``cache`` from :meth:`new_cache` for incremental decoding,
+    ``extrapolate=True`` to run past ``max_seq_len``.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -132,7 +171,7 @@ class DecoderLM(_LMHead):
         self._init_head(config)
 
     def new_cache(self) -> list[LayerCache]:
-        return [LayerCache() for _ in self.decoder.blocks]
+        return [LayerCache(self.config.sliding_window) for _ in self.decoder.blocks]
 
     def forward(
         self,
@@ -140,14 +179,15 @@ class DecoderLM(_LMHead):
         *,
         prefix_len: torch.Tensor | int | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
         extrapolate: bool = False,
     ) -> torch.Tensor:
         cfg = self.config
         _check_ids(input_ids, cfg, "input_ids")
         B, T = input_ids.shape
-        offset = cache[0].self_attn.length if cache else 0
-        _check_length(offset + T, cfg, extrapolate, "input_ids")
+        offset = cache[0].self_attn.seen if cache else 0
+        _check_length(offset + T, cfg, extrapolate or cfg.sliding_window is not None, "input_ids")
         if prefix_len is not None and cfg.mask != "prefix":
             raise ValueError(
                 "prefix_len was given but this is a causal decoder (config.mask='causal'); convert it with "
@@ -159,15 +199,15 @@ class DecoderLM(_LMHead):
                 raise ValueError("a prefix decoder needs prefix_len (an int, or a (B,) tensor of per-example lengths).")
             causal, bias = False, prefix_bias(prefix_len, T, batch_size=B, device=input_ids.device)
         # after the prefix has been encoded into the cache, new tokens are causal again
-        if attention_mask is not None:
-            if attention_mask.shape != (B, offset + T):
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, S) = {(B, offset + T)} "
-                    "(one entry per key, cached keys included)."
-                )
-            bias = combine(bias, padding_bias(attention_mask))
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, offset + T):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, S) = {(B, offset + T)} "
+                "(one entry per token, cached tokens included)."
+            )
         h = self.tok_emb(input_ids)  # (B, T, D)
-        h = self.decoder(h, offset=offset, bias=bias, causal=causal, caches=cache)
+        h = self.decoder(
+            h, offset=offset, position_ids=position_ids, bias=bias, key_mask=attention_mask, causal=causal, caches=cache
+        )
         return self._logits(h, self.tok_emb)
 
 
@@ -199,18 +239,21 @@ class EncoderDecoderLM(_LMHead):
         return self.dec_emb if self.dec_emb is not None else self.tok_emb
 
     def new_cache(self) -> list[LayerCache]:
-        return [LayerCache() for _ in self.decoder.blocks]
+        return [LayerCache(self.config.sliding_window) for _ in self.decoder.blocks]
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, extrapolate: bool = False) -> torch.Tensor:
-        """Shapes: ``(B, S) -> (B, S, D)``."""
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        extrapolate: bool = False,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Shapes: ``(B, S) -> (B, S, D)``; ``position_ids`` ``(B|1, S)``, default ``arange(S)``."""
         _check_ids(input_ids, self.config, "input_ids")
         _check_length(input_ids.shape[1], self.config, extrapolate, "input_ids")
-        bias = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they must match.")
-            bias = padding_bias(attention_mask)
-        return self.encoder(self.tok_emb(input_ids), bias=bias, causal=False)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they must match.")
+        return self.encoder(self.tok_emb(input_ids), position_ids=position_ids, key_mask=attention_mask, causal=False)
 
     def decode(
         self,
@@ -219,15 +262,19 @@ class EncoderDecoderLM(_LMHead):
         attention_mask: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
         extrapolate: bool = False,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shapes: ``decoder_input_ids (B, T)``, ``memory (B, S, D)`` -> logits ``(B, T, V)``."""
+        """Shapes: ``decoder_input_ids (B, T)``, ``memory (B, S, D)`` -> logits ``(B, T, V)``.
+
+        ``position_ids`` ``(B|1, T)``: the decoder tokens' positions (default: their index, after the cache).
+        """
         _check_ids(decoder_input_ids, self.config, "decoder_input_ids")
         if memory.shape[0] != decoder_input_ids.shape[0]:
             raise ValueError(
                 f"batch sizes differ: the encoder output has {memory.shape[0]} examples, decoder_input_ids "
                 f"{decoder_input_ids.shape[0]}; pass one decoder sequence per source sequence."
             )
-        offset = cache[0].self_attn.length if cache else 0
+        offset = cache[0].self_attn.seen if cache else 0
         _check_length(offset + decoder_input_ids.shape[1], self.config, extrapolate, "decoder_input_ids")
         if attention_mask is not None and tuple(attention_mask.shape) != tuple(memory.shape[:2]):
             raise ValueError(
@@ -236,7 +283,7 @@ class EncoderDecoderLM(_LMHead):
             )
         context_bias = padding_bias(attention_mask) if attention_mask is not None else None
         h = self.decoder(
-            self.decoder_embedding(decoder_input_ids), offset=offset, causal=True,
+            self.decoder_embedding(decoder_input_ids), offset=offset, position_ids=position_ids, causal=True,
             context=memory, context_bias=context_bias, caches=cache,
         )
         return self._logits(h, self.decoder_embedding)
@@ -248,14 +295,18 @@ class EncoderDecoderLM(_LMHead):
         *,
         attention_mask: torch.Tensor | None = None,
         extrapolate: bool = False,
+        position_ids: torch.Tensor | None = None,
+        decoder_position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if input_ids.shape[0] != decoder_input_ids.shape[0]:
             raise ValueError(
                 f"batch sizes differ: input_ids has {input_ids.shape[0]} examples, decoder_input_ids "
                 f"{decoder_input_ids.shape[0]}; pass one decoder sequence per source sequence."
             )
-        memory = self.encode(input_ids, attention_mask, extrapolate)
-        return self.decode(decoder_input_ids, memory, attention_mask, extrapolate=extrapolate)
+        memory = self.encode(input_ids, attention_mask, extrapolate, position_ids=position_ids)
+        return self.decode(
+            decoder_input_ids, memory, attention_mask, extrapolate=extrapolate, position_ids=decoder_position_ids
+        )
 
 
 def build_model(config: ModelConfig, seed: int | None = None) -> nn.Module:

@@ -6,7 +6,9 @@ Shape legend: ``D`` d_model; the norms act on the last dimension of any tensor
 LayerNorm (Ba et al. 2016):  ``y = (x - mean(x)) / sqrt(var(x) + eps) * gamma + beta``
 RMSNorm (Zhang & Sennrich 2019): ``y = x / sqrt(mean(x^2) + eps) * gamma``
 
-Both compute in float32 whatever the input dtype (as Llama does), then cast back.
+Both compute in at least float32 (as Llama does: half-precision inputs are
+upcast) and never narrower than the input (float64 stays float64), then cast
+back to the input's dtype (:func:`compute_dtype`).
 
 With ``fused=True`` the same function is computed by PyTorch's own
 implementation (``F.layer_norm``, ``F.rms_norm``) instead of a chain of
@@ -102,8 +104,15 @@ def compiled_rms_norm() -> Callable[[torch.Tensor, torch.Tensor, float], torch.T
     return torch.compile(rms_norm, dynamic=False)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a norm computes in: float32 for half precision, the input's own dtype when it is wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class LayerNorm(nn.Module):
     """Layer normalization with an optional bias (``beta``). Shapes: ``(..., D) -> (..., D)``."""
+
+    init_role = "norm"  # blocks.init_weights: gain 1, bias 0
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True, fused: bool = False) -> None:
         super().__init__()
@@ -114,9 +123,12 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        x = x.to(compute_dtype(dtype))
         if self.fused:
-            return F.layer_norm(x.float(), self.weight.shape, self.weight, self.bias, self.eps).to(dtype)
-        return layer_norm(x.float(), self.weight, self.bias, self.eps).to(dtype)
+            weight = self.weight.to(x.dtype)
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            return F.layer_norm(x, self.weight.shape, weight, bias, self.eps).to(dtype)
+        return layer_norm(x, self.weight, self.bias, self.eps).to(dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
@@ -124,6 +136,8 @@ class LayerNorm(nn.Module):
 
 class RMSNorm(nn.Module):
     """Root-mean-square normalization: no centring, no bias. Shapes: ``(..., D) -> (..., D)``."""
+
+    init_role = "norm"  # blocks.init_weights: gain 1
 
     def __init__(self, d_model: int, eps: float = 1e-6, fused: bool = False) -> None:
         super().__init__()
@@ -133,9 +147,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        x = x.to(compute_dtype(dtype))
         if self.fused:
-            return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).to(dtype)
-        return rms_norm(x.float(), self.weight, self.eps).to(dtype)
+            return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps).to(dtype)
+        return rms_norm(x, self.weight, self.eps).to(dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
