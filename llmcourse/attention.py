@@ -50,7 +50,8 @@ def explicit_attention(
         attn_scores = attn_scores + causal_bias(T, S, device=q.device)  # queries are the last T of S positions
     if bias is not None:
         attn_scores = attn_scores + bias
-    attn_weights = torch.softmax(attn_scores.float(), dim=-1).to(q.dtype)  # softmax in float32
+    wide = torch.promote_types(attn_scores.dtype, torch.float32)  # at least float32, never narrower than q
+    attn_weights = torch.softmax(attn_scores.to(wide), dim=-1).to(q.dtype)
     if dropout_p and training:
         attn_weights = F.dropout(attn_weights, p=dropout_p)
     return attn_weights @ v  # (B, H, T, Dh)

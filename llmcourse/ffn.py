@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .counting import count_parameters  # noqa: F401  (its home is floor 1; kept importable from here)
 
 
 # --- activations, from their formulas -------------------------------------
@@ -233,14 +234,3 @@ def ffn_variants(
         out[kind] = base.replace(ffn=kind, d_ff=d_ff)
     return out
 
-
-def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters; shared tensors are counted once."""
-    seen: set[int] = set()
-    total = 0
-    for p in module.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad):
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total

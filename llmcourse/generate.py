@@ -5,6 +5,11 @@ Shape legend: ``B`` batch, ``T`` length, ``V`` vocab.
 With the cache each new token costs one position of attention instead of
 re-running the whole sequence; :func:`generate` with ``use_cache=False`` does the
 full recomputation, and the two give the same tokens.
+
+Prompts of different lengths go in one batch left-padded, with an
+``attention_mask`` (1 for real tokens, 0 for padding): padded keys are masked
+and each token's position id counts only the real tokens before it, so every
+row computes what its prompt alone would (greedy decoding gives the same tokens).
 """
 
 from __future__ import annotations
@@ -60,12 +65,15 @@ def generate(
     prefix_len: torch.Tensor | int | None = None,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Continue each row of ``input_ids`` by ``max_new_tokens`` tokens. Shapes: ``(B, T) -> (B, T + new)``.
 
     Decoder-only models. A prefix decoder treats the prompt as its prefix (``prefix_len``
     defaults to the prompt length). Past ``max_seq_len`` the model sees the last
     ``max_seq_len`` tokens, recomputed without a cache, as nanoGPT does.
+    ``attention_mask (B, T)``: 1 for prompt tokens, 0 for left padding (prompts of
+    different lengths in one batch).
     """
     if not isinstance(model, DecoderLM):
         raise ValueError(f"generate() is for decoder-only models; use generate_seq2seq() for {type(model).__name__}.")
@@ -79,31 +87,65 @@ def generate(
         raise ValueError("input_ids is empty: give at least one prompt token per row (for example a newline).")
     if T > cfg.max_seq_len:
         raise ValueError(f"the prompt has {T} tokens but the model's context is max_seq_len={cfg.max_seq_len}; shorten the prompt.")
+    mask = _check_padding(attention_mask, input_ids) if attention_mask is not None else None
     prefix_kwargs = {}
     if cfg.mask == "prefix":
         prefix_kwargs["prefix_len"] = T if prefix_len is None else prefix_len
-    use_cache = use_cache and T + max_new_tokens <= cfg.max_seq_len
+    use_cache = use_cache and (T + max_new_tokens <= cfg.max_seq_len or cfg.sliding_window is not None)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     ids = input_ids
     cache = model.new_cache() if use_cache else None
-    logits = model(ids, cache=cache, **prefix_kwargs)[:, -1]  # (B, V)
+    logits = model(ids, cache=cache, **_padding_kwargs(mask), **prefix_kwargs)[:, -1]  # (B, V)
     for _ in range(max_new_tokens):
         next_ids = sample_next(logits, temperature=temperature, top_k=top_k, greedy=greedy, generator=generator)
         next_ids = _finish(next_ids, done, eos_token_id, cfg.pad_token_id)
         ids = torch.cat([ids, next_ids], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
         if eos_token_id is not None and bool(done.all()):
             break
         if use_cache:
-            logits = model(next_ids, cache=cache)[:, -1]
+            kwargs = {}
+            if mask is not None:  # the new token's position: one past the row's last real token
+                kwargs = {"attention_mask": mask, "position_ids": mask.sum(-1, keepdim=True) - 1}
+            logits = model(next_ids, cache=cache, **kwargs)[:, -1]
         else:
             window = ids[:, -cfg.max_seq_len :]
             window_prefix = {}
             if cfg.mask == "prefix":  # the prompt stays the prefix while it is still inside the window
                 p = torch.as_tensor(prefix_kwargs["prefix_len"]) - (ids.shape[1] - window.shape[1])
                 window_prefix["prefix_len"] = p.clamp(0, window.shape[1]).reshape(-1).to(torch.long)
-            logits = model(window, **window_prefix)[:, -1]
+            window_mask = mask[:, -cfg.max_seq_len :] if mask is not None else None
+            logits = model(window, **_padding_kwargs(window_mask), **window_prefix)[:, -1]
     model.train(was_training)
     return ids
+
+
+def _check_padding(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """A left-padding mask as 0/1 longs; clear errors for a wrong shape, right padding or an empty row."""
+    if tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
+            "give one 0/1 entry per prompt token."
+        )
+    if attention_mask.dtype != torch.bool and bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError("attention_mask must hold 0 (padding) and 1 (prompt token) only.")
+    mask = attention_mask.long()
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("a row of attention_mask is all padding; give every prompt at least one token.")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError(
+            "attention_mask has padding after a prompt token (right padding); generation appends to the right, "
+            "so pad prompts on the left."
+        )
+    return mask
+
+
+def _padding_kwargs(mask: torch.Tensor | None) -> dict:
+    """``attention_mask`` and the ``position_ids`` that count only real tokens (padding sits at position 0)."""
+    if mask is None:
+        return {}
+    return {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
 
 
 @torch.no_grad()
@@ -125,7 +167,7 @@ def generate_seq2seq(
         raise ValueError(f"generate_seq2seq() is for encoder-decoder models; use generate() for {type(model).__name__}.")
     cfg = model.config
     # the last step feeds the start token and max_new_tokens - 1 generated ones: positions 0 .. max_new_tokens - 1
-    if max_new_tokens > cfg.max_seq_len and cfg.position == "learned":
+    if max_new_tokens > cfg.max_seq_len and not model.decoder.positions.extrapolates:
         raise ValueError(f"max_new_tokens={max_new_tokens} runs past the decoder's context max_seq_len={cfg.max_seq_len}.")
     was_training = model.training
     model.eval()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Block, LayerCache, init_weights
+from .checkpoint import load_checkpoint, load_weights
 from .config import ModelConfig
 from .masks import Pattern, combine, padding_bias, prefix_bias
 from .norms import make_norm
@@ -316,6 +317,14 @@ def build_model(config: ModelConfig, seed: int | None = None) -> nn.Module:
     if config.arch == "decoder":
         return DecoderLM(config)
     return EncoderDecoderLM(config)
+
+
+def load_model(path) -> nn.Module:
+    """Build the model a checkpoint file describes (its own config) and load its weights."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt.config)
+    load_weights(model, ckpt)
+    return model
 
 
 def to_prefix_decoder(model: DecoderLM) -> DecoderLM:

@@ -249,7 +249,7 @@ def rope_angles(positions: torch.Tensor, rotary_dim: int, theta: float = 10000.0
     """``(cos, sin)`` of the angles ``p * theta^(-2i/d)``, each ``(..., T, rotary_dim // 2)`` (Su et al. 2021, eq. 15)."""
     inv_freq = theta ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=positions.device) / rotary_dim)
     angles = positions.float()[..., None] * inv_freq  # (..., T, rotary_dim/2)
-    return angles.cos(), angles.sin()
+    return angles.cos(), angles.sin()  # float32 (float64 positions give float64 angles)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str = "half") -> torch.Tensor:
@@ -263,7 +263,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing:
     Shapes: ``x (B, H, T, Dh)``, ``cos, sin (T, R/2)`` or ``(B|1, 1, T, R/2)`` -> ``(B, H, T, Dh)``.
     """
     rot = 2 * cos.shape[-1]
-    x_rot, x_pass = x[..., :rot].float(), x[..., rot:]
+    x_rot, x_pass = x[..., :rot].to(torch.promote_types(x.dtype, torch.float32)), x[..., rot:]
     if pairing == "half":
         x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
         out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

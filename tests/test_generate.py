@@ -126,3 +126,43 @@ def test_encoder_decoder_fills_its_whole_context():
     assert full.shape == (3, 25) and torch.equal(full, generate_seq2seq(model, src, 24, greedy=True, use_cache=False))
     with pytest.raises(ValueError, match="past the decoder's context"):
         generate_seq2seq(model, src, 25, greedy=True)
+
+
+# --- batched generation with left padding -------------------------------------------------------------
+import pytest as _pytest  # noqa: E402
+
+from llmcourse.config import ModelConfig as _ModelConfig  # noqa: E402
+from llmcourse.generate import generate as _generate  # noqa: E402
+from llmcourse.models import build_model as _build_model  # noqa: E402
+
+
+@_pytest.mark.parametrize("position", ["learned", "rope", "alibi", "t5", "sinusoidal"])
+@_pytest.mark.parametrize("use_cache", [True, False])
+def test_left_padded_batch_equals_each_prompt_alone(position, use_cache):
+    cfg = _ModelConfig(vocab_size=37, d_model=32, n_heads=4, n_layers=2, max_seq_len=32, position=position)
+    model = _build_model(cfg, seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 37, (n,), generator=g) for n in (3, 7, 5)]
+    L = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), L, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):], mask[i, L - len(p):] = p, 1
+    batched = _generate(model, ids, 8, greedy=True, attention_mask=mask, use_cache=use_cache)
+    for i, p in enumerate(prompts):
+        alone = _generate(model, p[None], 8, greedy=True, use_cache=use_cache)
+        assert batched[i, L:].tolist() == alone[0, len(p):].tolist(), f"row {i} differs"
+
+
+def test_padding_masks_are_checked():
+    cfg = _ModelConfig(vocab_size=17, d_model=16, n_heads=2, n_layers=1, max_seq_len=16)
+    model = _build_model(cfg, seed=0)
+    ids = torch.ones(2, 4, dtype=torch.long)
+    with _pytest.raises(ValueError, match="right padding"):
+        _generate(model, ids, 2, greedy=True, attention_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]))
+    with _pytest.raises(ValueError, match="all padding"):
+        _generate(model, ids, 2, greedy=True, attention_mask=torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))
+    with _pytest.raises(ValueError, match="0 \\(padding\\) and 1"):
+        _generate(model, ids, 2, greedy=True, attention_mask=torch.tensor([[0.0, -1e9, 0, 0], [1, 1, 1, 1]]))
+    with _pytest.raises(ValueError, match="shape"):
+        _generate(model, ids, 2, greedy=True, attention_mask=torch.ones(2, 3))
