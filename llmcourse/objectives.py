@@ -26,16 +26,70 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "targets"}
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over non-ignored targets. Shapes: ``(B, T, V)``, ``(B, T)`` -> scalar."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
+# --- softmax and cross-entropy, written out ----------------------------------------
+def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``softmax(x)_i = exp(x_i - m) / sum_j exp(x_j - m)`` with ``m = max_j x_j``.
+
+    Subtracting the maximum changes nothing mathematically (it cancels between
+    numerator and denominator) but keeps every exponent <= 0, so ``exp`` never
+    overflows: logits of 1000 give the right answer instead of ``inf / inf = nan``.
+    Equal to :func:`torch.softmax` to rounding.
+
+    Shapes: ``x (..., V)`` -> ``(..., V)`` (any ``dim``).
+    """
+    shifted = x - x.amax(dim=dim, keepdim=True)  # every entry <= 0
+    e = shifted.exp()
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``log softmax(x)_i = x_i - logsumexp(x)``, with ``logsumexp(x) = m + log sum_j exp(x_j - m)``.
+
+    Shapes: ``x (..., V)`` -> ``(..., V)``.
+    """
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
+    """Mean negative log-likelihood of ``targets``, in log-sum-exp form, over the targets not equal to ``ignore_index``.
+
+    ``-log softmax(z)_y = logsumexp(z) - z_y``: computed this way nothing is
+    exponentiated above 0 and no probability is rounded to 0 before its log is
+    taken. Logits are upcast to float32 first, as in :func:`lm_loss`. Equal to
+    :func:`torch.nn.functional.cross_entropy` to rounding (not bit for bit: torch
+    adds in another order); :func:`lm_loss` keeps torch's kernel, so training
+    numbers do not depend on this teaching version. With every target ignored
+    the mean is ``0 / 0 = nan``, as in torch.
+
+    Shapes: ``logits (..., V)``, ``targets (...)`` -> scalar (e.g. ``(B, T, V)``, ``(B, T)``).
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not fit: logits need one more "
+            "(last, vocabulary) dimension than targets."
+        )
+    logits = logits.reshape(-1, logits.shape[-1]).float()  # (N, V)
+    targets = targets.reshape(-1)  # (N,)
+    keep = targets != ignore_index  # (N,)
+    m = logits.amax(dim=-1, keepdim=True)  # (N, 1)
+    logsumexp = (m + (logits - m).exp().sum(dim=-1, keepdim=True).log()).squeeze(-1)  # (N,)
+    target_logit = logits.gather(-1, torch.where(keep, targets, 0)[:, None]).squeeze(-1)  # (N,)
+    nll = torch.where(keep, logsumexp - target_logit, 0.0)  # (N,)
+    return nll.sum() / keep.sum()
 
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Call the model on the batch's inputs and score its ``targets``."""
+    """Call the model on the batch's inputs and score its ``targets`` (torch's fused cross-entropy, in float32).
+
+    The training loop's loss. It uses :func:`torch.nn.functional.cross_entropy`
+    rather than the written-out :func:`cross_entropy` (equal to rounding), so
+    every stored training run keeps its exact numbers.
+    """
     if "targets" not in batch:
         raise ValueError("a training batch needs 'targets' (B, T) next to the model inputs.")
-    return cross_entropy(model(**model_inputs(batch)), batch["targets"])
+    logits = model(**model_inputs(batch))  # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["targets"].reshape(-1), ignore_index=IGNORE)
 
 
 def decoder_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

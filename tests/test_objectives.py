@@ -219,3 +219,62 @@ def test_an_encoder_decoder_learns_span_corruption(tokenizer, token_ids):
     model = build_model(cfg, seed=0)
     history = Trainer(model, TrainConfig(steps=80, lr=3e-3, warmup_steps=5, weight_decay=0.0, progress=False), lambda g: batch).train()
     assert history.train_loss[0] > math.log(tok.vocab_size) - 0.2 and history.train_loss[-1] < 0.25 * history.train_loss[0]
+
+
+# --- softmax and cross-entropy, written out ------------------------------------------
+def _large_logits():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 5, 11, generator=g) * 1000.0  # exp(1000) overflows float32 (and float64)
+
+
+def test_softmax_is_stable_and_equals_torch():
+    from llmcourse.objectives import log_softmax, softmax
+
+    x = _large_logits()
+    naive = x.exp() / x.exp().sum(-1, keepdim=True)
+    assert torch.isnan(naive).any()  # the unstable formula fails on these logits
+    p = softmax(x)
+    assert torch.isfinite(p).all()
+    torch.testing.assert_close(p, torch.softmax(x, -1))
+    torch.testing.assert_close(softmax(x, dim=0), torch.softmax(x, 0))
+    torch.testing.assert_close(log_softmax(x), torch.log_softmax(x, -1))
+
+
+def test_cross_entropy_equals_torch_on_large_logits_with_ignored_targets():
+    from llmcourse.objectives import cross_entropy
+
+    x = _large_logits().requires_grad_()
+    targets = torch.randint(0, 11, (3, 5), generator=torch.Generator().manual_seed(1))
+    targets[0, :2] = IGNORE
+    targets[2, 4] = IGNORE
+    ours = cross_entropy(x, targets)
+    ref = torch.nn.functional.cross_entropy(x.reshape(-1, 11), targets.reshape(-1), ignore_index=IGNORE)
+    assert torch.isfinite(ours)
+    torch.testing.assert_close(ours, ref)
+    (g_ours,) = torch.autograd.grad(ours, x)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert not g_ours[0, :2].any()  # ignored positions get no gradient
+    # another ignore index, and every target ignored: 0 / 0 = nan, as in torch
+    t7 = targets.masked_fill(targets == IGNORE, 7)
+    torch.testing.assert_close(
+        cross_entropy(x, t7, ignore_index=7),
+        torch.nn.functional.cross_entropy(x.reshape(-1, 11), t7.reshape(-1), ignore_index=7),
+    )
+    assert torch.isnan(cross_entropy(x, torch.full_like(targets, IGNORE)))
+    with pytest.raises(ValueError, match="do not fit"):
+        cross_entropy(x, targets[:, :4])
+
+
+def test_lm_loss_is_torchs_kernel_and_the_written_out_cross_entropy_agrees(tiny_config, token_ids):
+    from llmcourse.objectives import cross_entropy
+
+    model = build_model(tiny_config, seed=0).eval()
+    batch = LMBatches(token_ids, 4, 32)(torch.Generator().manual_seed(0))
+    batch["targets"] = batch["targets"].clone()  # a view of the inputs, shifted
+    batch["targets"][:, :3] = IGNORE
+    logits = model(batch["input_ids"])
+    loss = lm_loss(model, batch)
+    fused = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["targets"].reshape(-1))
+    assert torch.equal(loss, fused)  # the training path: bit for bit torch's kernel
+    torch.testing.assert_close(cross_entropy(logits, batch["targets"]), loss)
