@@ -77,8 +77,16 @@ def save_checkpoint(
     *,
     tensors: dict[str, torch.Tensor] | None = None,
     trainer: dict[str, Any] | None = None,
+    allow_nonfinite: bool = False,
 ) -> Path:
-    """Write ``model`` (which must carry a ``config``) and optional trainer state to ``path`` atomically."""
+    """Write ``model`` (which must carry a ``config``) and optional trainer state to ``path`` atomically.
+
+    A floating-point tensor holding ``nan`` or ``inf`` (weights of a diverged
+    run, a corrupted optimizer moment) raises :class:`CheckpointError` naming
+    the tensors, and nothing is written: such a file would silently poison
+    every run resumed from it. Pass ``allow_nonfinite=True`` to keep one on
+    purpose (e.g. to study the divergence).
+    """
     path = Path(path)
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -88,6 +96,14 @@ def save_checkpoint(
         if k.startswith("model."):
             raise ValueError(f"extra tensor name {k!r} collides with the model's namespace 'model.'.")
         state[k] = v.detach().cpu().clone().contiguous()
+    if not allow_nonfinite:
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(
+                f"refusing to write {str(path)!r}: {len(bad)} tensor(s) hold nan or inf ({', '.join(bad[:5])}"
+                f"{' ...' if len(bad) > 5 else ''}); the run has diverged. Resume from an earlier checkpoint, or pass "
+                "allow_nonfinite=True to save it anyway."
+            )
     metadata = {
         "format": FORMAT,
         "config": config.to_json(),

@@ -84,3 +84,20 @@ def test_no_pickle_in_the_file(tiny_config, tmp_path):
     header = json.loads(path.read_bytes()[8 : 8 + header_len])
     assert header["__metadata__"]["format"] == "llmcourse-checkpoint-1"
     assert json.loads(header["__metadata__"]["config"])["d_model"] == 32
+
+
+def test_non_finite_weights_are_refused_unless_asked(tiny_config, tmp_path):
+    model = build_model(tiny_config, seed=0)
+    path = save_checkpoint(tmp_path / "m.safetensors", model)
+    before = path.read_bytes()
+    with torch.no_grad():
+        model.tok_emb.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"nan or inf \(model\.tok_emb\.weight\).*allow_nonfinite=True"):
+        save_checkpoint(path, model)
+    assert path.read_bytes() == before  # the good checkpoint is not overwritten
+    with pytest.raises(CheckpointError, match="optim.0.exp_avg"):
+        save_checkpoint(tmp_path / "b.safetensors", build_model(tiny_config, seed=0),
+                        tensors={"optim.0.exp_avg": torch.tensor([1.0, float("inf")])})
+    assert not (tmp_path / "b.safetensors").exists()
+    save_checkpoint(path, model, allow_nonfinite=True)
+    assert torch.isnan(load_checkpoint(path).model_state["tok_emb.weight"][0, 0])
