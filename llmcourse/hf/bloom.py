@@ -1,4 +1,4 @@
-"""``BloomForCausalLM`` -> :class:`~llmcourse.models.DecoderLM`.
+"""``BloomForCausalLM`` <-> :class:`~llmcourse.models.DecoderLM`.
 
 Shape legend: ``D`` d_model, ``H`` heads, ``Dh`` head_dim, ``V`` vocab.
 
@@ -11,19 +11,32 @@ head. Two details matter for equal logits:
   ``m_h * (i - j)``; the two differ by ``m_h * i``, the same for every key of a
   query, which the softmax ignores. Its slopes follow the paper's rule for head
   counts that are not powers of two, as :func:`llmcourse.positions.alibi_slopes` does.
-- Its fused ``query_key_value`` is grouped per head as ``(H, 3, Dh)``, like GPT-NeoX.
+- Its fused ``query_key_value`` is grouped per head as ``(H, 3, Dh)``, like GPT-NeoX
+  (:data:`~llmcourse.hf.base.QKV_PER_HEAD`).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..models import DecoderLM, build_model
-from .gpt_neox import split_fused_qkv
+from ..models import DecoderLM
+from .base import QKV_PER_HEAD, Converter, Rule, convert_from_hf, plain, require
 
 DEFAULT_CONTEXT = 2048  # BLOOM's training length; ALiBi itself has no table that limits it
+
+L, B = "transformer.h.{i}.", "decoder.blocks.{i}."
+RULES = (
+    Rule("transformer.word_embeddings.weight", "tok_emb.weight"),
+    Rule("transformer.word_embeddings_layernorm.{p}", "decoder.embed_norm.{p}"),
+    Rule(L + "input_layernorm.{p}", B + "attn_norm.{p}"),
+    Rule(L + "self_attention.query_key_value.{p}", (B + "attn.q_proj.{p}", B + "attn.k_proj.{p}", B + "attn.v_proj.{p}"), QKV_PER_HEAD),
+    Rule(L + "self_attention.dense.{p}", B + "attn.o_proj.{p}"),
+    Rule(L + "post_attention_layernorm.{p}", B + "ffn_norm.{p}"),
+    Rule(L + "mlp.dense_h_to_4h.{p}", B + "ffn.up_proj.{p}"),
+    Rule(L + "mlp.dense_4h_to_h.{p}", B + "ffn.down_proj.{p}"),
+    Rule("transformer.ln_f.{p}", "decoder.final_norm.{p}"),
+)
 
 
 def model_config(hf_config) -> ModelConfig:
@@ -53,31 +66,35 @@ def model_config(hf_config) -> ModelConfig:
     )
 
 
-def state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The HF weights under the course's names."""
-    c = hf_model.config
-    sd = hf_model.state_dict()
-    out = {"tok_emb.weight": sd["transformer.word_embeddings.weight"]}
-    for kind in ("weight", "bias"):
-        out[f"decoder.embed_norm.{kind}"] = sd[f"transformer.word_embeddings_layernorm.{kind}"]
-        out[f"decoder.final_norm.{kind}"] = sd[f"transformer.ln_f.{kind}"]
-    for i in range(c.n_layer):
-        src, dst = f"transformer.h.{i}.", f"decoder.blocks.{i}."
-        for kind in ("weight", "bias"):
-            q, k, v = split_fused_qkv(sd[f"{src}self_attention.query_key_value.{kind}"], c.n_head)
-            out[f"{dst}attn.q_proj.{kind}"], out[f"{dst}attn.k_proj.{kind}"], out[f"{dst}attn.v_proj.{kind}"] = q, k, v
-            out[f"{dst}attn.o_proj.{kind}"] = sd[f"{src}self_attention.dense.{kind}"]
-            out[f"{dst}attn_norm.{kind}"] = sd[f"{src}input_layernorm.{kind}"]
-            out[f"{dst}ffn_norm.{kind}"] = sd[f"{src}post_attention_layernorm.{kind}"]
-            out[f"{dst}ffn.up_proj.{kind}"] = sd[f"{src}mlp.dense_h_to_4h.{kind}"]
-            out[f"{dst}ffn.down_proj.{kind}"] = sd[f"{src}mlp.dense_4h_to_h.{kind}"]
-    if not c.tie_word_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
+def hf_config(config: ModelConfig) -> dict:
+    """The ``BloomConfig`` keyword arguments of ``config``; raises ``ValueError`` naming a field BLOOM cannot express."""
+    require(
+        config, "BloomForCausalLM", arch="decoder", **plain(config), norm="layernorm", norm_placement="pre",
+        final_norm=True, embed_norm=True, parallel_residual=False, position="alibi", bias=True, norm_bias=True,
+        n_kv_heads=config.n_heads, head_dim=config.d_model // config.n_heads, ffn="gelu_tanh", d_ff=4 * config.d_model,
+    )
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        n_head=config.n_heads,
+        n_layer=config.n_layers,
+        seq_length=config.max_seq_len,
+        layer_norm_epsilon=config.norm_eps,
+        apply_residual_connection_post_layernorm=False,
+        tie_word_embeddings=config.tie_embeddings,
+        hidden_dropout=0.0, attention_dropout=0.0,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+CONVERTER = Converter(
+    model_type="bloom", hf_class="BloomForCausalLM", hf_config_class="BloomConfig",
+    model_config=model_config, hf_config=hf_config, rules=RULES, embedding="transformer.word_embeddings.weight",
+)
 
 
 def convert(hf_model: nn.Module) -> DecoderLM:
     """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``BloomForCausalLM``); same logits."""
-    model = build_model(model_config(hf_model.config))
-    model.load_state_dict(state_dict(hf_model), strict=True)
-    return model.eval()
+    return convert_from_hf(CONVERTER, hf_model)

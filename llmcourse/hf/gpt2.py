@@ -1,28 +1,44 @@
-"""``GPT2LMHeadModel`` -> :class:`~llmcourse.models.DecoderLM`.
+"""``GPT2LMHeadModel`` <-> :class:`~llmcourse.models.DecoderLM`.
 
 Shape legend: ``D`` d_model, ``F`` d_ff, ``V`` vocab.
 
 GPT-2 (Radford et al. 2019) is a pre-LN causal decoder with learned absolute
 positions, LayerNorm with biases, biases in every linear layer, the tanh
 approximation of GeLU (``gelu_new``, our ``gelu_tanh``) and an output
-projection tied to the token embedding. Two storage habits need care:
+projection tied to the token embedding. Two storage habits need care, and
+:data:`RULES` names both as transforms:
 
 - its linear layers are ``Conv1D`` modules whose weight is stored as
-  ``(in, out)``, the transpose of ``nn.Linear``'s ``(out, in)``;
+  ``(in, out)``, the transpose of ``nn.Linear``'s ``(out, in)``
+  (:data:`~llmcourse.hf.base.CONV1D`);
 - queries, keys and values come from one fused projection ``c_attn`` of
-  width ``3 D``, split in that order.
+  width ``3 D``, split in that order (:data:`~llmcourse.hf.base.QKV_THIRDS_CONV1D`).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..models import DecoderLM, build_model
+from ..models import DecoderLM
+from .base import CONV1D, QKV_THIRDS_CONV1D, Converter, Rule, convert_from_hf, plain, require
 
 # HF activation_function -> course ffn
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "swish", "swish": "swish"}
+_HF_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "swish": "silu"}
+
+L, B = "transformer.h.{i}.", "decoder.blocks.{i}."
+RULES = (
+    Rule("transformer.wte.weight", "tok_emb.weight"),
+    Rule("transformer.wpe.weight", "decoder.positions.weight"),
+    Rule(L + "ln_1.{p}", B + "attn_norm.{p}"),
+    Rule(L + "attn.c_attn.{p}", (B + "attn.q_proj.{p}", B + "attn.k_proj.{p}", B + "attn.v_proj.{p}"), QKV_THIRDS_CONV1D),
+    Rule(L + "attn.c_proj.{p}", B + "attn.o_proj.{p}", CONV1D),
+    Rule(L + "ln_2.{p}", B + "ffn_norm.{p}"),
+    Rule(L + "mlp.c_fc.{p}", B + "ffn.up_proj.{p}", CONV1D),
+    Rule(L + "mlp.c_proj.{p}", B + "ffn.down_proj.{p}", CONV1D),
+    Rule("transformer.ln_f.{p}", "decoder.final_norm.{p}"),
+)
 
 
 def model_config(hf_config) -> ModelConfig:
@@ -51,43 +67,43 @@ def model_config(hf_config) -> ModelConfig:
         position="learned",
         attn_scale=None if getattr(c, "scale_attn_weights", True) else 1.0,
         bias=True,
-        tie_embeddings=True,
+        tie_embeddings=bool(getattr(c, "tie_word_embeddings", True)),
     )
 
 
-def state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The HF weights under the course's names: Conv1D weights transposed, ``c_attn`` split into q, k, v."""
-    sd = hf_model.state_dict()
-    D = hf_model.config.n_embd
-    out = {
-        "tok_emb.weight": sd["transformer.wte.weight"],
-        "decoder.positions.weight": sd["transformer.wpe.weight"],
-        "decoder.final_norm.weight": sd["transformer.ln_f.weight"],
-        "decoder.final_norm.bias": sd["transformer.ln_f.bias"],
-    }
-    for i in range(hf_model.config.n_layer):
-        src, dst = f"transformer.h.{i}.", f"decoder.blocks.{i}."
-        for hf_norm, ours in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")):
-            out[f"{dst}{ours}.weight"] = sd[f"{src}{hf_norm}.weight"]
-            out[f"{dst}{ours}.bias"] = sd[f"{src}{hf_norm}.bias"]
-        qkv_w = sd[f"{src}attn.c_attn.weight"].t()  # Conv1D (D, 3D) -> Linear (3D, D)
-        qkv_b = sd[f"{src}attn.c_attn.bias"]  # (3D,)
-        for name, w, b in zip(("q_proj", "k_proj", "v_proj"), qkv_w.split(D, dim=0), qkv_b.split(D, dim=0)):
-            out[f"{dst}attn.{name}.weight"] = w
-            out[f"{dst}attn.{name}.bias"] = b
-        for hf_name, ours in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "ffn.up_proj"), ("mlp.c_proj", "ffn.down_proj")):
-            out[f"{dst}{ours}.weight"] = sd[f"{src}{hf_name}.weight"].t()  # Conv1D (in, out) -> Linear (out, in)
-            out[f"{dst}{ours}.bias"] = sd[f"{src}{hf_name}.bias"]
-    return {k: v.contiguous() for k, v in out.items()}
+def hf_config(config: ModelConfig) -> dict:
+    """The ``GPT2Config`` keyword arguments of ``config``; raises ``ValueError`` naming a field GPT-2 cannot express."""
+    scaled = plain(config)["attn_scale"]
+    require(
+        config, "GPT2LMHeadModel", arch="decoder", **{**plain(config), "attn_scale": (scaled, 1.0)}, norm="layernorm",
+        norm_placement="pre", final_norm=True, embed_norm=False, parallel_residual=False, position="learned",
+        bias=True, norm_bias=True, n_kv_heads=config.n_heads, head_dim=config.d_model // config.n_heads,
+        ffn=tuple(_HF_ACTIVATIONS),
+    )
+    return dict(
+        vocab_size=config.vocab_size,
+        n_embd=config.d_model,
+        n_head=config.n_heads,
+        n_inner=config.resolved_d_ff,
+        n_layer=config.n_layers,
+        n_positions=config.max_seq_len,
+        layer_norm_epsilon=config.norm_eps,
+        activation_function=_HF_ACTIVATIONS[config.ffn],
+        scale_attn_weights=config.attn_scale != 1.0,
+        tie_word_embeddings=config.tie_embeddings,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+CONVERTER = Converter(
+    model_type="gpt2", hf_class="GPT2LMHeadModel", hf_config_class="GPT2Config",
+    model_config=model_config, hf_config=hf_config, rules=RULES, embedding="transformer.wte.weight",
+)
 
 
 def convert(hf_model: nn.Module) -> DecoderLM:
     """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``GPT2LMHeadModel``); same logits."""
-    lm_head = getattr(hf_model, "lm_head", None)
-    if lm_head is None:
-        raise ValueError(f"from_hf converts GPT2LMHeadModel (with its LM head), got {type(hf_model).__name__}.")
-    if lm_head.weight.data_ptr() != hf_model.transformer.wte.weight.data_ptr():
-        raise ValueError("this GPT-2's lm_head is not tied to its token embedding; the course's GPT-2 ties them.")
-    model = build_model(model_config(hf_model.config))
-    model.load_state_dict(state_dict(hf_model), strict=True)
-    return model.eval()
+    return convert_from_hf(CONVERTER, hf_model)

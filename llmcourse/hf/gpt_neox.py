@@ -1,4 +1,4 @@
-"""``GPTNeoXForCausalLM`` -> :class:`~llmcourse.models.DecoderLM`.
+"""``GPTNeoXForCausalLM`` <-> :class:`~llmcourse.models.DecoderLM`.
 
 Shape legend: ``D`` d_model, ``H`` heads, ``Dh`` head_dim, ``F`` d_ff, ``V`` vocab.
 
@@ -10,18 +10,32 @@ pairing within them), and the parallel residual ``x + attn(LN1(x)) + ffn(LN2(x))
 
 The one layout detail: NeoX fuses the query, key and value projections into
 ``query_key_value`` with its output grouped *per head* as ``(H, 3, Dh)``, so
-the split takes every head's three slices, not three contiguous thirds.
+the split takes every head's three slices, not three contiguous thirds
+(:data:`~llmcourse.hf.base.QKV_PER_HEAD`).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..models import DecoderLM, build_model
+from ..models import DecoderLM
+from .base import QKV_PER_HEAD, Converter, Rule, convert_from_hf, plain, require
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+L, B = "gpt_neox.layers.{i}.", "decoder.blocks.{i}."
+RULES = (
+    Rule("gpt_neox.embed_in.weight", "tok_emb.weight"),
+    Rule(L + "input_layernorm.{p}", B + "attn_norm.{p}"),
+    Rule(L + "attention.query_key_value.{p}", (B + "attn.q_proj.{p}", B + "attn.k_proj.{p}", B + "attn.v_proj.{p}"), QKV_PER_HEAD),
+    Rule(L + "attention.dense.{p}", B + "attn.o_proj.{p}"),
+    Rule(L + "post_attention_layernorm.{p}", B + "ffn_norm.{p}"),
+    Rule(L + "mlp.dense_h_to_4h.{p}", B + "ffn.up_proj.{p}"),
+    Rule(L + "mlp.dense_4h_to_h.{p}", B + "ffn.down_proj.{p}"),
+    Rule("gpt_neox.final_layer_norm.{p}", "decoder.final_norm.{p}"),
+)
 
 
 def model_config(hf_config) -> ModelConfig:
@@ -59,39 +73,48 @@ def model_config(hf_config) -> ModelConfig:
     )
 
 
-def split_fused_qkv(tensor: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """NeoX's fused ``(3 D, ...)`` weight or bias, grouped ``(H, 3, Dh)``, as three ``(D, ...)`` tensors."""
-    rest = tensor.shape[1:]
-    per_head = tensor.view(n_heads, 3, -1, *rest)  # (H, 3, Dh, ...)
-    return tuple(per_head[:, j].reshape(-1, *rest).contiguous() for j in range(3))  # each (H * Dh, ...)
+def _rotary_factor(rotary_dim: int, head_dim: int) -> float:
+    """The ``partial_rotary_factor`` that NeoX's ``int(head_dim * factor)`` turns back into ``rotary_dim``."""
+    factor = rotary_dim / head_dim
+    return factor if int(head_dim * factor) == rotary_dim else (rotary_dim + 1e-6) / head_dim  # 10/24*24 = 9.999...
 
 
-def state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The HF weights under the course's names."""
-    c = hf_model.config
-    sd = hf_model.state_dict()
-    out = {
-        "tok_emb.weight": sd["gpt_neox.embed_in.weight"],
-        "decoder.final_norm.weight": sd["gpt_neox.final_layer_norm.weight"],
-        "decoder.final_norm.bias": sd["gpt_neox.final_layer_norm.bias"],
-    }
-    for i in range(c.num_hidden_layers):
-        src, dst = f"gpt_neox.layers.{i}.", f"decoder.blocks.{i}."
-        for kind in ("weight", "bias"):
-            q, k, v = split_fused_qkv(sd[f"{src}attention.query_key_value.{kind}"], c.num_attention_heads)
-            out[f"{dst}attn.q_proj.{kind}"], out[f"{dst}attn.k_proj.{kind}"], out[f"{dst}attn.v_proj.{kind}"] = q, k, v
-            out[f"{dst}attn.o_proj.{kind}"] = sd[f"{src}attention.dense.{kind}"]
-            out[f"{dst}attn_norm.{kind}"] = sd[f"{src}input_layernorm.{kind}"]
-            out[f"{dst}ffn_norm.{kind}"] = sd[f"{src}post_attention_layernorm.{kind}"]
-            out[f"{dst}ffn.up_proj.{kind}"] = sd[f"{src}mlp.dense_h_to_4h.{kind}"]
-            out[f"{dst}ffn.down_proj.{kind}"] = sd[f"{src}mlp.dense_4h_to_h.{kind}"]
-    if not c.tie_word_embeddings:
-        out["lm_head.weight"] = sd["embed_out.weight" if "embed_out.weight" in sd else "lm_head.weight"]
-    return out
+def hf_config(config: ModelConfig) -> dict:
+    """The ``GPTNeoXConfig`` keyword arguments of ``config``; raises ``ValueError`` naming a field NeoX cannot express."""
+    require(
+        config, "GPTNeoXForCausalLM", arch="decoder", **plain(config), norm="layernorm", norm_placement="pre",
+        final_norm=True, embed_norm=False, position="rope", rope_pairing="half", bias=True, norm_bias=True,
+        n_kv_heads=config.n_heads, head_dim=config.d_model // config.n_heads, ffn=tuple(_HF_ACTIVATIONS),
+    )
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_attention_heads=config.n_heads,
+        intermediate_size=config.resolved_d_ff,
+        num_hidden_layers=config.n_layers,
+        max_position_embeddings=config.max_seq_len,
+        layer_norm_eps=config.norm_eps,
+        hidden_act=_HF_ACTIVATIONS[config.ffn],
+        rope_parameters={
+            "rope_type": "default", "rope_theta": float(config.rope_theta),
+            "partial_rotary_factor": _rotary_factor(config.resolved_rotary_dim, config.resolved_head_dim),
+        },
+        use_parallel_residual=config.parallel_residual,
+        attention_bias=True,
+        tie_word_embeddings=config.tie_embeddings,
+        hidden_dropout=0.0, attention_dropout=0.0,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+CONVERTER = Converter(
+    model_type="gpt_neox", hf_class="GPTNeoXForCausalLM", hf_config_class="GPTNeoXConfig",
+    model_config=model_config, hf_config=hf_config, rules=RULES, embedding="gpt_neox.embed_in.weight",
+)
 
 
 def convert(hf_model: nn.Module) -> DecoderLM:
     """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``GPTNeoXForCausalLM``); same logits."""
-    model = build_model(model_config(hf_model.config))
-    model.load_state_dict(state_dict(hf_model), strict=True)
-    return model.eval()
+    return convert_from_hf(CONVERTER, hf_model)

@@ -1,4 +1,4 @@
-"""``LlamaForCausalLM`` -> :class:`~llmcourse.models.DecoderLM`.
+"""``LlamaForCausalLM`` <-> :class:`~llmcourse.models.DecoderLM`.
 
 Shape legend: ``D`` d_model, ``H`` heads, ``K`` kv heads, ``Dh`` head_dim, ``F`` d_ff, ``V`` vocab.
 
@@ -7,18 +7,30 @@ feed-forward, rotary positions paired "rotate half" (dimension ``i`` with
 ``i + Dh/2``), grouped-query attention (``K`` kv heads shared by ``H`` query
 heads) and no biases. Its parameter names are the course's own
 (``q_proj k_proj v_proj o_proj``, ``gate_proj up_proj down_proj``), so the
-conversion is a renaming of the containers only.
+conversion renames the containers only: :data:`RULES`.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..models import DecoderLM, build_model
+from ..models import DecoderLM
+from .base import Converter, Needs, Rule, convert_from_hf, plain, require
 
-_ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu"}
+# HF hidden_act -> course ffn (the gated form of the activation)
+_ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu", "gelu_pytorch_tanh": "geglu_tanh"}
+_HF_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu", "geglu_tanh": "gelu_pytorch_tanh"}
+
+L, B = "model.layers.{i}.", "decoder.blocks.{i}."
+RULES = (
+    Rule("model.embed_tokens.weight", "tok_emb.weight"),
+    Rule(L + "self_attn.{proj:q_proj|k_proj|v_proj|o_proj}.{p}", B + "attn.{proj}.{p}"),
+    Rule(L + "mlp.{proj:gate_proj|up_proj|down_proj}.{p}", B + "ffn.{proj}.{p}"),
+    Rule(L + "input_layernorm.weight", B + "attn_norm.weight"),
+    Rule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight"),
+    Rule("model.norm.weight", "decoder.final_norm.weight"),
+)
 
 
 def model_config(hf_config) -> ModelConfig:
@@ -58,30 +70,41 @@ def model_config(hf_config) -> ModelConfig:
     )
 
 
-def state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The HF weights under the course's names."""
-    sd = hf_model.state_dict()
-    out = {"tok_emb.weight": sd["model.embed_tokens.weight"], "decoder.final_norm.weight": sd["model.norm.weight"]}
-    for i in range(hf_model.config.num_hidden_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.blocks.{i}."
-        for name, tensor in sd.items():
-            if not name.startswith(src):
-                continue
-            rest = name[len(src):]
-            rest = (
-                rest.replace("self_attn.", "attn.")
-                .replace("mlp.", "ffn.")
-                .replace("input_layernorm.", "attn_norm.")
-                .replace("post_attention_layernorm.", "ffn_norm.")
-            )
-            out[dst + rest] = tensor
-    if not hf_model.config.tie_word_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
+def hf_config(config: ModelConfig) -> dict:
+    """The ``LlamaConfig`` keyword arguments of ``config``; raises ``ValueError`` naming a field Llama cannot express."""
+    require(
+        config, "LlamaForCausalLM", arch="decoder", **plain(config), norm="rmsnorm", norm_placement="pre",
+        final_norm=True, embed_norm=False, parallel_residual=False, position="rope", rope_pairing="half",
+        rotary_dim=Needs(lambda v: v == config.resolved_head_dim, f"head_dim ({config.resolved_head_dim})"),
+        ffn=tuple(_HF_ACTIVATIONS),
+    )
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.resolved_n_kv_heads,
+        head_dim=config.resolved_head_dim,
+        intermediate_size=config.resolved_d_ff,
+        num_hidden_layers=config.n_layers,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        hidden_act=_HF_ACTIVATIONS[config.ffn],
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        attention_bias=config.bias,
+        mlp_bias=config.bias,
+        tie_word_embeddings=config.tie_embeddings,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+CONVERTER = Converter(
+    model_type="llama", hf_class="LlamaForCausalLM", hf_config_class="LlamaConfig",
+    model_config=model_config, hf_config=hf_config, rules=RULES, embedding="model.embed_tokens.weight",
+)
 
 
 def convert(hf_model: nn.Module) -> DecoderLM:
     """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``LlamaForCausalLM``); same logits."""
-    model = build_model(model_config(hf_model.config))
-    model.load_state_dict(state_dict(hf_model), strict=True)
-    return model.eval()
+    return convert_from_hf(CONVERTER, hf_model)

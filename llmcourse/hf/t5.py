@@ -1,4 +1,4 @@
-"""``T5ForConditionalGeneration`` -> :class:`~llmcourse.models.EncoderDecoderLM`.
+"""``T5ForConditionalGeneration`` <-> :class:`~llmcourse.models.EncoderDecoderLM`.
 
 Shape legend: ``D`` d_model, ``H`` heads, ``Dh`` head_dim (T5's ``d_kv``), ``F`` d_ff, ``V`` vocab.
 
@@ -20,22 +20,54 @@ the original Transformer in ways that all change the numbers:
   and not scaled. Both share one embedding between encoder and decoder.
 
 T5 starts decoding from the pad token (id 0), which becomes ``decoder_start_token_id``.
+In ``transformers`` >= 5 a ``T5Config`` always says ``tie_word_embeddings=True`` and
+keeps the v1.0 output scaling in ``scale_decoder_outputs``; whether the head is
+tied is read from the weights (:func:`llmcourse.hf.base.is_tied`).
 """
 
 from __future__ import annotations
 
-import torch
+import math
+
 from torch import nn
 
 from ..config import ModelConfig
-from ..models import EncoderDecoderLM, build_model
+from ..ffn import is_gated
+from ..models import EncoderDecoderLM
+from .base import Converter, Needs, Rule, convert_from_hf, plain, require
 
 # HF feed_forward_proj -> course ffn. "gated-gelu" runs gelu_new (the tanh form) in transformers.
 _FFNS = {"relu": "relu", "gated-gelu": "geglu_tanh", "gated-relu": "reglu", "gated-silu": "swiglu", "gelu": "gelu", "gelu_new": "gelu_tanh"}
+_HF_FFNS = {ours: theirs for theirs, ours in _FFNS.items()}
+_PROJ = (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"))
 
 
-def _tied(hf_model: nn.Module) -> bool:
-    return hf_model.lm_head.weight.data_ptr() == hf_model.shared.weight.data_ptr()
+def _gated(config: ModelConfig) -> bool:
+    return is_gated(config.ffn)
+
+
+def _stack_rules(stack: str, cross: bool) -> tuple[Rule, ...]:
+    """The rules of one T5 stack: sublayer 0 self-attention, 1 cross-attention (decoder), then the FFN."""
+    L, B = f"{stack}.block.{{i}}.layer.", f"{stack}.blocks.{{i}}."
+    ffn = L + ("2" if cross else "1") + "."
+    rules = [
+        Rule(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", f"{stack}.positions.relative_attention_bias.weight"),
+        *(Rule(L + f"0.SelfAttention.{theirs}.weight", B + f"attn.{ours}.weight") for theirs, ours in _PROJ),
+        Rule(L + "0.layer_norm.weight", B + "attn_norm.weight"),
+        Rule(ffn + "DenseReluDense.wi.weight", B + "ffn.up_proj.weight", when=lambda c: not _gated(c)),
+        Rule(ffn + "DenseReluDense.wi_0.weight", B + "ffn.gate_proj.weight", when=_gated),  # act(x wi_0) * (x wi_1)
+        Rule(ffn + "DenseReluDense.wi_1.weight", B + "ffn.up_proj.weight", when=_gated),
+        Rule(ffn + "DenseReluDense.wo.weight", B + "ffn.down_proj.weight"),
+        Rule(ffn + "layer_norm.weight", B + "ffn_norm.weight"),
+        Rule(f"{stack}.final_layer_norm.weight", f"{stack}.final_norm.weight"),
+    ]
+    if cross:
+        rules += [Rule(L + f"1.EncDecAttention.{theirs}.weight", B + f"cross_attn.{ours}.weight") for theirs, ours in _PROJ]
+        rules.append(Rule(L + "1.layer_norm.weight", B + "cross_norm.weight"))
+    return tuple(rules)
+
+
+RULES = (Rule("shared.weight", "tok_emb.weight"), *_stack_rules("encoder", cross=False), *_stack_rules("decoder", cross=True))
 
 
 def _scaled(hf_config) -> bool:
@@ -43,20 +75,15 @@ def _scaled(hf_config) -> bool:
     return bool(getattr(hf_config, "scale_decoder_outputs", getattr(hf_config, "tie_word_embeddings", True)))
 
 
-def _decoder_start(hf_model: nn.Module) -> int:
-    """T5 decodes from its pad token; newer transformers keep the id in the generation config."""
-    for source in (hf_model.config, getattr(hf_model, "generation_config", None)):
-        value = getattr(source, "decoder_start_token_id", None)
-        if value is not None:
-            return int(value)
-    return int(hf_model.config.pad_token_id or 0)
+def model_config(hf_config) -> ModelConfig:
+    """The :class:`ModelConfig` of a ``T5Config``; raises ``ValueError`` for what the course cannot express.
 
-
-def model_config(hf_model: nn.Module) -> ModelConfig:
-    """The :class:`ModelConfig` of a T5 model; raises ``ValueError`` for what the course cannot express."""
-    c = hf_model.config
+    Also accepts a T5 model (its ``.config`` is read), as earlier versions of this function did.
+    """
+    c = getattr(hf_config, "config", hf_config)
     if c.feed_forward_proj not in _FFNS:
         raise ValueError(f"feed_forward_proj={c.feed_forward_proj!r} has no course FFN; T5 converts with one of {', '.join(_FFNS)}.")
+    start = getattr(c, "decoder_start_token_id", None)
     return ModelConfig(
         arch="encoder_decoder",
         vocab_size=c.vocab_size,
@@ -77,57 +104,52 @@ def model_config(hf_model: nn.Module) -> ModelConfig:
         attn_scale=1.0,
         bias=False,
         share_embeddings=True,
-        tie_embeddings=_tied(hf_model),
+        tie_embeddings=True,  # the weights decide (is_tied): transformers >= 5 always says True
         logit_scale=c.d_model**-0.5 if _scaled(c) else 1.0,
         pad_token_id=c.pad_token_id,
-        decoder_start_token_id=_decoder_start(hf_model),
+        decoder_start_token_id=int(start if start is not None else c.pad_token_id or 0),
     )
 
 
-def _stack(sd: dict[str, torch.Tensor], n_layers: int, src: str, dst: str, gated: bool, cross: bool) -> dict[str, torch.Tensor]:
-    out = {
-        f"{dst}.positions.relative_attention_bias.weight": sd[f"{src}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"],
-        f"{dst}.final_norm.weight": sd[f"{src}.final_layer_norm.weight"],
-    }
-    for i in range(n_layers):
-        s, d = f"{src}.block.{i}.layer", f"{dst}.blocks.{i}"
-        for ours, theirs in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o")):
-            out[f"{d}.attn.{ours}.weight"] = sd[f"{s}.0.SelfAttention.{theirs}.weight"]
-        out[f"{d}.attn_norm.weight"] = sd[f"{s}.0.layer_norm.weight"]
-        ff = 1
-        if cross:
-            for ours, theirs in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o")):
-                out[f"{d}.cross_attn.{ours}.weight"] = sd[f"{s}.1.EncDecAttention.{theirs}.weight"]
-            out[f"{d}.cross_norm.weight"] = sd[f"{s}.1.layer_norm.weight"]
-            ff = 2
-        if gated:
-            out[f"{d}.ffn.gate_proj.weight"] = sd[f"{s}.{ff}.DenseReluDense.wi_0.weight"]  # act(x wi_0) * (x wi_1)
-            out[f"{d}.ffn.up_proj.weight"] = sd[f"{s}.{ff}.DenseReluDense.wi_1.weight"]
-        else:
-            out[f"{d}.ffn.up_proj.weight"] = sd[f"{s}.{ff}.DenseReluDense.wi.weight"]
-        out[f"{d}.ffn.down_proj.weight"] = sd[f"{s}.{ff}.DenseReluDense.wo.weight"]
-        out[f"{d}.ffn_norm.weight"] = sd[f"{s}.{ff}.layer_norm.weight"]
-    return out
+def hf_config(config: ModelConfig) -> dict:
+    """The ``T5Config`` keyword arguments of ``config``; raises ``ValueError`` naming a field T5 cannot express."""
+    d_scale = config.d_model**-0.5
+    require(
+        config, "T5ForConditionalGeneration", arch="encoder_decoder",
+        **{**plain(config), "attn_scale": 1.0},
+        logit_scale=Needs(lambda v: math.isclose(v, 1.0) or math.isclose(v, d_scale), f"1.0 or d_model**-0.5 ({d_scale:.6g})"),
+        norm="rmsnorm", norm_placement="pre", final_norm=True, embed_norm=False, parallel_residual=False,
+        position="t5", bias=False, share_embeddings=True, n_kv_heads=config.n_heads, ffn=tuple(_HF_FFNS),
+    )
+    return dict(
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        num_heads=config.n_heads,
+        d_kv=config.resolved_head_dim,
+        d_ff=config.resolved_d_ff,
+        num_layers=config.resolved_n_encoder_layers,
+        num_decoder_layers=config.n_layers,
+        n_positions=config.max_seq_len,
+        layer_norm_epsilon=config.norm_eps,
+        feed_forward_proj=_HF_FFNS[config.ffn],
+        relative_attention_num_buckets=config.rel_num_buckets,
+        relative_attention_max_distance=config.rel_max_distance,
+        tie_word_embeddings=not math.isclose(config.logit_scale, 1.0),  # read by T5Config as scale_decoder_outputs
+        dropout_rate=0.0,
+        pad_token_id=config.pad_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
 
 
-def state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The HF weights under the course's names."""
-    c = hf_model.config
-    sd = hf_model.state_dict()
-    sd["shared.weight"] = hf_model.shared.weight.detach()  # tied tensors may be listed under one name only
-    gated = c.feed_forward_proj.startswith("gated-")
-    out = {"tok_emb.weight": sd["shared.weight"]}
-    out.update(_stack(sd, c.num_layers, "encoder", "encoder", gated, cross=False))
-    out.update(_stack(sd, c.num_decoder_layers, "decoder", "decoder", gated, cross=True))
-    if not _tied(hf_model):
-        out["lm_head.weight"] = hf_model.lm_head.weight.detach()
-    return out
+CONVERTER = Converter(
+    model_type="t5", hf_class="T5ForConditionalGeneration", hf_config_class="T5Config",
+    model_config=model_config, hf_config=hf_config, rules=RULES, embedding="shared.weight",
+    aliases=("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"),
+)
 
 
 def convert(hf_model: nn.Module) -> EncoderDecoderLM:
     """An :class:`EncoderDecoderLM` with the weights of ``hf_model`` (a ``T5ForConditionalGeneration``); same logits."""
-    if getattr(hf_model, "lm_head", None) is None or getattr(hf_model, "shared", None) is None:
-        raise ValueError(f"from_hf converts T5ForConditionalGeneration (encoder, decoder and LM head), got {type(hf_model).__name__}.")
-    model = build_model(model_config(hf_model))
-    model.load_state_dict(state_dict(hf_model), strict=True)
-    return model.eval()
+    return convert_from_hf(CONVERTER, hf_model)
