@@ -82,7 +82,7 @@ def edition_config(language: str, base_config: Path, out_dir: Path) -> Path:
     return path
 
 
-def build(builder: str, out: Path, doctrees: Path, config: Path, toc: Path) -> int:
+def build(builder: str, out: Path, doctrees: Path, config: Path, toc: Path, quiet: bool = False) -> int:
     from jupyter_book.sphinx import build_sphinx
 
     print(f"book_i18n: {builder} build of {ROOT} with {config.relative_to(ROOT)} into {out.relative_to(ROOT)}")
@@ -97,6 +97,7 @@ def build(builder: str, out: Path, doctrees: Path, config: Path, toc: Path) -> i
         builder=builder,
         warningiserror=True,
         keep_going=True,
+        quiet=quiet,
     )
     if result != 0:
         print(f"book_i18n: the {builder} build failed ({result})")
@@ -108,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gettext = sub.add_parser("gettext", help="extract the messages of every page into _build/gettext")
-    gettext.add_argument("--partial", action="store_true")
     html = sub.add_parser("html", help="build a translated edition")
     html.add_argument("language", choices=sorted(EDITIONS))
-    html.add_argument("--partial", action="store_true")
+    for command in (gettext, html):
+        command.add_argument("--partial", action="store_true", help="only the pages that exist (tools/partial_book.py)")
+        command.add_argument("--quiet", action="store_true", help="print warnings only")
     config = sub.add_parser("config", help="only write the configuration of a translated edition")
     config.add_argument("language", choices=sorted(EDITIONS))
     config.add_argument("out_dir", type=Path)
@@ -122,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     base_config, toc = source_files(args.partial)
     if args.command == "gettext":
-        return build("gettext", BUILD / "gettext", BUILD / ".doctrees-gettext", base_config, toc)
+        return build("gettext", BUILD / "gettext", BUILD / ".doctrees-gettext", base_config, toc, args.quiet)
     config_path = edition_config(args.language, base_config, BUILD / "i18n" / args.language)
     edition = EDITIONS[args.language]
-    return build("html", BUILD / edition["out"], BUILD / f".doctrees-{args.language}", config_path, toc)
+    return build("html", BUILD / edition["out"], BUILD / f".doctrees-{args.language}", config_path, toc, args.quiet)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Exit status 0 when everything passes, 1 otherwise (each problem printed).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections import Counter
@@ -52,6 +53,7 @@ _ROLE = re.compile(r"\{([a-zA-Z][\w:+-]*)\}(`+)(.+?)\2", re.S)
 _DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
 _INLINE_MATH = re.compile(r"(?<![\\$])\$(?!\$)(.+?)(?<![\\$])\$", re.S)
 _TITLED = re.compile(r"^(.*?)\s*<([^<>]+)>\s*$", re.S)
+_LINK = re.compile(r"\]\(\s*<?([^()\s<>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 
 def markup(text: str) -> Counter:
@@ -77,6 +79,12 @@ def markup(text: str) -> Counter:
         return " "
 
     rest = _CODE.sub(code, rest)
+
+    def link(match: re.Match) -> str:
+        found[f"link {match.group(1)}"] += 1
+        return "] "
+
+    rest = _LINK.sub(link, rest)
     for pattern, kind in ((_DISPLAY_MATH, "math"), (_INLINE_MATH, "math")):
         def math(match: re.Match, kind: str = kind) -> str:
             found[f"{kind} {match.group(1).strip()}"] += 1
@@ -143,7 +151,12 @@ def check_catalog(path: Path, label: str, report: Report) -> Counter:
             lost = sorted((want - got).elements())
             extra = sorted((got - want).elements())
             detail = "; ".join(
-                part for part in (f"missing {lost}" if lost else "", f"not in the English {extra}" if extra else "") if part
+                part
+                for part in (
+                    f"missing: {', '.join(lost)}" if lost else "",
+                    f"not in the English: {', '.join(extra)}" if extra else "",
+                )
+                if part
             )
             report.add(f"{label}: markup differs from the English ({detail}): {first!r}")
     for obsolete in catalog.obsolete.values():
@@ -151,6 +164,38 @@ def check_catalog(path: Path, label: str, report: Report) -> Counter:
         msgid = obsolete.id if isinstance(obsolete.id, str) else obsolete.id[0]
         report.add(f"{label}: obsolete #~ entry (delete it): {' '.join(msgid.split())[:70]!r}")
     return counts
+
+
+def check_against_templates(pot_dir: Path, locale_dir: Path, languages: list[str], documents: list[str], report: Report) -> None:
+    """Every message extracted from the English sources must be in the catalogs."""
+    for doc in documents:
+        pot = pot_dir / f"{doc}.pot"
+        if not pot.is_file():
+            report.add(f"no extracted messages for {doc} ({pot}); run `tools/book_i18n.py gettext` first")
+            continue
+        with pot.open("rb") as f:
+            wanted = {m.id for m in read_po(f) if m.id}
+        for language in languages:
+            path = locale_dir / language / "LC_MESSAGES" / f"{doc}.po"
+            if not path.is_file():
+                continue  # reported by check_catalogs
+            try:
+                with path.open("rb") as f:
+                    have = {m.id for m in read_po(f) if m.id}
+            except Exception:  # reported by check_catalogs
+                continue
+            for msgid in sorted(wanted - have, key=str):
+                text = msgid if isinstance(msgid, str) else msgid[0]
+                report.add(
+                    f"{language}/{doc}.po: the English text changed, this message is not in the catalog "
+                    f"(run `make translations`): {' '.join(text.split())[:70]!r}"
+                )
+            for msgid in sorted(have - wanted, key=str):
+                text = msgid if isinstance(msgid, str) else msgid[0]
+                report.add(
+                    f"{language}/{doc}.po: message no longer in the English page (run `make translations`): "
+                    f"{' '.join(text.split())[:70]!r}"
+                )
 
 
 def check_catalogs(locale_dir: Path, languages: list[str], documents: list[str], report: Report) -> None:
@@ -203,26 +248,19 @@ def check_switch(html_dir: Path, other_dir: Path, page: str, label: str, report:
     if not href:
         report.add(f"{label}: {page}: the language-switch link has no href")
         return
-    target = (html_dir / page).parent / unquote(urlsplit(href.group(1)).path)
-    target = Path(*_normalise((target).as_posix().split("/")))
+    url = urlsplit(href.group(1))
+    if url.scheme or url.netloc:
+        # an absolute address (a deployed edition elsewhere): only its path can be checked
+        if not url.path.endswith("/" + page):
+            report.add(f"{label}: {page}: the language-switch link {href.group(1)!r} does not end with /{page}")
+        return
+    target = Path(os.path.normpath((html_dir / page).parent / unquote(url.path)))
     expected = other_dir / page
     if target.resolve() != expected.resolve():
         report.add(f"{label}: {page}: the language-switch link {href.group(1)!r} leads to {target}, not to {expected}")
     elif not expected.is_file():
         report.add(f"{label}: {page}: the language-switch link leads to a page that does not exist ({expected})")
 
-
-def _normalise(parts: list[str]) -> list[str]:
-    out: list[str] = []
-    for part in parts:
-        if part == "..":
-            if out and out[-1] not in ("", ".."):
-                out.pop()
-            else:
-                out.append(part)
-        elif part != ".":
-            out.append(part)
-    return out or ["."]
 
 
 def check_builds(html: Path, translated: dict[str, Path], report: Report) -> None:
@@ -261,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--language", action="append", help="only this language (default: every folder under --locale)")
     parser.add_argument("--toc", type=Path, default=None, help="table of contents (default _toc.yml)")
     parser.add_argument("--partial", action="store_true", help="only the pages of the table of contents that exist")
+    parser.add_argument("--pot", type=Path, help="messages just extracted from the English book (_build/gettext)")
     parser.add_argument("--html", type=Path, help="the English build, e.g. _build/html")
     parser.add_argument("--html-zh", type=Path, help="the Chinese build, e.g. _build/html-zh")
     parser.add_argument("--report-only", action="store_true", help="print the counts and problems, exit 0")
@@ -277,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     documents = toc_documents(toc, only_existing=args.partial)
     report = Report()
     check_catalogs(args.locale, languages, documents, report)
+    if args.pot:
+        check_against_templates(args.pot, args.locale, languages, documents, report)
     if args.html or args.html_zh:
         if not (args.html and args.html_zh):
             parser.error("--html and --html-zh go together")
