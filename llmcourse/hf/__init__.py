@@ -31,7 +31,7 @@ CONVERTERS: dict[str, str] = {
     "t5": "t5",
     "gpt_neox": "gpt_neox",
     "bloom": "bloom",
-
+    "opt": "opt",
 }
 
 
