@@ -22,7 +22,12 @@ _build/.doctrees-gettext, _build/.doctrees-<lang>.
 
 The configuration of a translated edition is _config.yml with `language`
 set, its title translated, and the language-switch link pointing back to the
-English edition; it is written to _build/i18n/<lang>/_config.yml. With
+English edition; it is written to _build/i18n/<lang>/_config.yml. Its table
+of contents, _build/i18n/<lang>/_toc.yml, is _toc.yml with the part
+captions ("Start here", ...) translated from the root page's catalog: the
+captions are extracted into that catalog, but sphinx-external-toc inserts the
+toctrees after Sphinx has applied the translations, so they are translated
+here instead. With
 --partial the build starts from tools/partial_book.py's files in
 _build/partial (run it first, as the Makefile does).
 """
@@ -82,6 +87,38 @@ def edition_config(language: str, base_config: Path, out_dir: Path) -> Path:
     return path
 
 
+def edition_toc(language: str, base_toc: Path, out_dir: Path) -> Path:
+    """Write the table of contents of the edition in `language` (captions translated)."""
+    from babel.messages.pofile import read_po
+
+    toc = yaml.safe_load(base_toc.read_text(encoding="utf-8"))
+    catalog_path = ROOT / "locale" / language / "LC_MESSAGES" / f"{toc['root']}.po"
+    translations: dict[str, str] = {}
+    if catalog_path.is_file():
+        with catalog_path.open("rb") as f:
+            translations = {m.id: m.string for m in read_po(f) if m.id and m.string and not m.fuzzy}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("caption"), str):
+                node["caption"] = translations.get(node["caption"], node["caption"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(toc)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "_toc.yml"
+    path.write_text(
+        "# Written by tools/book_i18n.py from _toc.yml; do not edit.\n"
+        + yaml.safe_dump(toc, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
+    return path
+
+
 def build(builder: str, out: Path, doctrees: Path, config: Path, toc: Path, quiet: bool = False) -> int:
     from jupyter_book.sphinx import build_sphinx
 
@@ -126,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gettext":
         return build("gettext", BUILD / "gettext", BUILD / ".doctrees-gettext", base_config, toc, args.quiet)
     config_path = edition_config(args.language, base_config, BUILD / "i18n" / args.language)
+    toc_path = edition_toc(args.language, toc, BUILD / "i18n" / args.language)
     edition = EDITIONS[args.language]
-    return build("html", BUILD / edition["out"], BUILD / f".doctrees-{args.language}", config_path, toc, args.quiet)
+    return build("html", BUILD / edition["out"], BUILD / f".doctrees-{args.language}", config_path, toc_path, args.quiet)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,41 @@
 #!/usr/bin/env python3
 """Check the built book in a real browser, with nothing loaded from outside.
 
-    .venv/bin/python tests/browser/check_book.py [--html _build/html]
+    .venv/bin/python tests/browser/check_book.py [--html _build/html] [--html-zh _build/html-zh]
 
-Run after `make book` (`.ci/run` runs it after `make test`). Two checks:
+Run after `make book` and `make book-zh` (`.ci/run` runs it after `make
+test`, which builds both). Pass `--html-zh ''` to check the English edition
+alone. Two checks:
 
-1. Static: every HTML page and stylesheet of the build is scanned for
+1. Static: every HTML page and stylesheet of both builds is scanned for
    scripts, stylesheets, fonts, images or frames that point to another host.
-2. In a browser: the book is served from 127.0.0.1 by a local static server
-   and Debian's headless Chromium opens the landing page and the chapter-00
-   tour notebook, driven through the DevTools protocol. On each page it
-   waits for MathJax to finish and asserts that the math was typeset
-   (``mjx-container`` elements, no TeX errors), that every ``<img>`` loaded
-   (and, on the notebook page, that it shows figures), that no script threw,
-   that no request failed, and that no request went to any host but the
-   local server. A full-page screenshot of each page is saved under
-   ``_build/screenshots/``.
+2. In a browser: the folder holding both builds (_build/) is served from
+   127.0.0.1 by a local static server, so the editions sit side by side as
+   their language-switch links expect, and Debian's headless Chromium opens
+   the landing page and the chapter-00 tour notebook of each edition, driven
+   through the DevTools protocol. On each page it waits for MathJax to
+   finish and asserts that the math was typeset (``mjx-container``
+   elements, no TeX errors), that every ``<img>`` loaded (and, on the
+   notebook page, that it shows figures), that no script threw, that no
+   request failed, that no request went to any host but the local server,
+   and that the page's language-switch link fetches its twin in the other
+   edition (HTTP 200, the other ``<html lang>``). A full-page screenshot of
+   each page is saved under ``_build/screenshots/`` (``*-zh.png`` for the
+   Chinese pages).
+
+   On a Chinese page it also asserts ``<html lang="zh-CN">`` and that the
+   Chinese text renders as real glyphs, not as empty boxes ("tofu"), which
+   is what a machine without a CJK font (Debian: ``fonts-noto-cjk``) shows.
+   The test draws up to 12 distinct Han characters of the page's first
+   Chinese paragraph on a canvas, in that paragraph's computed font (so the
+   browser's font matching and fallback are exactly the page's), and draws
+   three code points that no font has (U+0378, U+0379, U+FFFF), which come
+   out as the .notdef glyph. A missing CJK font makes every Han character
+   that same .notdef box (or nothing): so each Han character must leave ink,
+   must differ from the .notdef rendering, and the characters must differ
+   from one another. Pixels, not font names, decide; the fonts Chromium
+   actually used for the paragraph (``CSS.getPlatformFontsForNode``) are
+   printed alongside, for the reader of the log.
 
 Exit status 0 when every check passes, 1 otherwise (each failure is printed),
 2 when the browser could not be started.
@@ -270,9 +290,117 @@ PAGE_FACTS = """
 """
 
 
-def check_page(tools: DevTools, base: str, path: str, shots: Path, *, need_math: bool, need_figures: bool) -> list[str]:
+CJK_FACTS = r"""
+(() => {
+  const han = /[\u4e00-\u9fff]/;
+  const root = document.querySelector('article') || document.body;
+  const el = [...root.querySelectorAll('p')].find(e => han.test(e.textContent))
+    || [...root.querySelectorAll('li, td, h1, h2, h3')].find(e => han.test(e.textContent));
+  if (!el) return {found: false};
+  el.setAttribute('data-llmcourse-cjk-probe', '');
+  const chars = [...new Set([...el.textContent].filter(c => han.test(c)))].slice(0, 12);
+  const style = getComputedStyle(el);
+  const font = `${style.fontStyle} ${style.fontWeight} 32px ${style.fontFamily}`;
+  const canvas = document.createElement('canvas');
+  canvas.width = 48; canvas.height = 48;
+  const ctx = canvas.getContext('2d', {willReadFrequently: true});
+  const draw = (ch) => {
+    ctx.clearRect(0, 0, 48, 48);
+    ctx.font = font; ctx.fillStyle = '#000'; ctx.textBaseline = 'top';
+    ctx.fillText(ch, 4, 4);
+    const data = ctx.getImageData(0, 0, 48, 48).data;
+    let ink = 0, hash = 0;
+    for (let i = 3; i < data.length; i += 4) { if (data[i]) ink++; hash = (Math.imul(hash, 31) + data[i]) | 0; }
+    return {ink, hash, width: Math.round(ctx.measureText(ch).width * 10) / 10};
+  };
+  return {
+    found: true,
+    fontFamily: style.fontFamily,
+    sample: el.textContent.trim().slice(0, 24),
+    glyphs: chars.map(c => ({char: c, ...draw(c)})),
+    notdef: ['\u0378', '\u0379', '\uFFFF'].map(draw),
+  };
+})()
+"""
+
+LANGUAGE_SWITCH = r"""
+(async () => {
+  const a = document.getElementById('llmcourse-language-switch');
+  if (!a) return {found: false};
+  const answer = await fetch(a.href, {cache: 'no-store'});
+  const text = answer.ok ? await answer.text() : '';
+  const lang = (text.match(/<html[^>]*\slang="([^"]*)"/) || [])[1] || null;
+  return {found: true, href: a.getAttribute('href'), path: new URL(a.href).pathname, status: answer.status, lang};
+})()
+"""
+
+
+def check_cjk(tools: DevTools, label: str) -> tuple[list[str], str]:
+    """Chinese text must render as glyphs, not as .notdef boxes; return problems and a log line."""
+    facts = tools.evaluate(CJK_FACTS)
+    if not facts.get("found"):
+        return [f"{label}: no Chinese text found in the article"], ""
+    problems = []
+    glyphs, notdef = facts["glyphs"], facts["notdef"]
+    notdef_shapes = {g["hash"] for g in notdef}
+    blank = [g["char"] for g in glyphs if g["ink"] == 0]
+    boxes = [g["char"] for g in glyphs if g["hash"] in notdef_shapes]
+    distinct = len({g["hash"] for g in glyphs})
+    if blank:
+        problems.append(f"{label}: Chinese characters render as nothing: {''.join(blank)}")
+    if boxes:
+        problems.append(f"{label}: Chinese characters render as the .notdef box (no CJK font?): {''.join(boxes)}")
+    if len(glyphs) > 1 and distinct < len(glyphs):
+        problems.append(f"{label}: {len(glyphs)} different Chinese characters render as only {distinct} shape(s) (tofu)")
+    # which fonts Chromium used for that paragraph, for the log
+    fonts = "?"
+    try:
+        root = tools.call("DOM.getDocument", depth=0)["root"]["nodeId"]
+        node = tools.call("DOM.querySelector", nodeId=root, selector="[data-llmcourse-cjk-probe]")["nodeId"]
+        used = tools.call("CSS.getPlatformFontsForNode", nodeId=node)["fonts"]
+        fonts = ", ".join(f"{f['familyName']} ({f['glyphCount']} glyphs)" for f in used) or "none reported"
+    except CDPError as exc:
+        fonts = f"not available ({exc})"
+    verdict = "none blank or .notdef" if not problems else "TOFU"
+    line = (
+        f"{len(glyphs)} Han characters of {facts['sample']!r} drawn as {distinct} distinct glyphs, "
+        f"{verdict}; fonts used: {fonts}"
+    )
+    return problems, line
+
+
+def check_language_switch(tools: DevTools, label: str, twin_path: str, twin_lang: str) -> tuple[list[str], str]:
+    """The page's language-switch link must fetch its twin in the other edition."""
+    switch = tools.evaluate(LANGUAGE_SWITCH, timeout=30)
+    if not switch.get("found"):
+        return [f"{label}: no language-switch link on the page"], ""
+    problems = []
+    if switch["path"] != twin_path:
+        problems.append(f"{label}: the language-switch link {switch['href']!r} leads to {switch['path']}, not {twin_path}")
+    if switch["status"] != 200:
+        problems.append(f"{label}: the language-switch link {switch['href']!r} answers HTTP {switch['status']}")
+    elif switch["lang"] != twin_lang:
+        problems.append(f"{label}: the twin page {switch['path']} says lang={switch['lang']!r}, not {twin_lang!r}")
+    return problems, f"language switch {switch['href']} -> {switch['path']} (HTTP {switch['status']}, lang {switch['lang']})"
+
+
+def check_page(
+    tools: DevTools,
+    base: str,
+    path: str,
+    shots: Path,
+    *,
+    need_math: bool,
+    need_figures: bool,
+    prefix: str = "",
+    lang: str | None = None,
+    twin: tuple[str, str] | None = None,
+) -> list[str]:
+    """Open `prefix/path`; with `lang`, the page must declare it (and, for Chinese, render its
+    glyphs); with `twin` = (path of the twin under the server root, its lang), the language
+    switch must lead there."""
     problems: list[str] = []
-    url = f"{base}/{path}"
+    url = f"{base}/{prefix}{path}"
     tools.events.clear()
     tools.call("Page.navigate", url=url)
     tools.wait_for("Page.loadEventFired", timeout=60)
@@ -281,7 +409,22 @@ def check_page(tools: DevTools, base: str, path: str, shots: Path, *, need_math:
     # let late requests (fonts, lazy images) show up
     time.sleep(0.5)
     facts = tools.evaluate(PAGE_FACTS)
-    label = path
+    label = f"{prefix}{path}"
+    extra_lines = []
+    if lang is not None:
+        declared = tools.evaluate("document.documentElement.getAttribute('lang')")
+        if declared != lang:
+            problems.append(f"{label}: <html lang={declared!r}>, expected {lang!r}")
+        if lang.startswith("zh"):
+            cjk_problems, line = check_cjk(tools, label)
+            problems += cjk_problems
+            if line:
+                extra_lines.append(line)
+    if twin is not None:
+        switch_problems, line = check_language_switch(tools, label, *twin)
+        problems += switch_problems
+        if line:
+            extra_lines.append(line)
 
     if facts["mathNodes"] and not mathjax.get("loaded"):
         problems.append(f"{label}: the page has {facts['mathNodes']} math elements but MathJax never started")
@@ -321,7 +464,8 @@ def check_page(tools: DevTools, base: str, path: str, shots: Path, *, need_math:
     tools.call("Emulation.setDeviceMetricsOverride", width=1280, height=height, deviceScaleFactor=1, mobile=False)
     shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, timeout=120)
     tools.call("Emulation.clearDeviceMetricsOverride")
-    target = shots / (Path(path).with_suffix("").as_posix().replace("/", "__") + ".png")
+    suffix = "" if lang in (None, "en") else f"-{lang.split('-')[0]}"
+    target = shots / (Path(path).with_suffix("").as_posix().replace("/", "__") + suffix + ".png")
     target.write_bytes(base64.b64decode(shot["data"]))
 
     print(
@@ -329,12 +473,19 @@ def check_page(tools: DevTools, base: str, path: str, shots: Path, *, need_math:
         f"{facts['typeset']} typeset (MathJax {mathjax.get('version', '-')}); {len(facts['imgs'])} images, "
         f"{len(figures)} figure(s); screenshot {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}"
     )
+    for line in extra_lines:
+        print(f"    {line}")
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check the built book in headless Chromium, offline.")
     parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html", help="built book (default _build/html)")
+    parser.add_argument(
+        "--html-zh",
+        default=str(ROOT / "_build" / "html-zh"),
+        help="built Chinese edition, next to --html (default _build/html-zh; '' to skip it)",
+    )
     parser.add_argument("--screenshots", type=Path, default=ROOT / "_build" / "screenshots")
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
     parser.add_argument("--landing", default="book/intro.html", help="landing page, must show math")
@@ -344,21 +495,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     html = args.html.resolve()
-    for page in (args.landing, args.notebook, "index.html"):
-        if not (html / page).is_file():
-            print(f"FAIL: {html / page} does not exist; build the book first (make book)")
-            return 1
+    html_zh = Path(args.html_zh).resolve() if args.html_zh else None
+    for edition, make_target in ((html, "make book"), (html_zh, "make book-zh")):
+        if edition is None:
+            continue
+        for page in (args.landing, args.notebook, "index.html"):
+            if not (edition / page).is_file():
+                print(f"FAIL: {edition / page} does not exist; build the book first ({make_target})")
+                return 1
+    if html_zh is not None and html_zh.parent != html.parent:
+        print(f"FAIL: {html_zh} must sit next to {html} (their language-switch links are relative)")
+        return 1
+    # Serve the folder that holds both editions; each page is opened under its edition's prefix.
+    served = html.parent if html_zh is not None else html
+    prefix_en = f"{html.name}/" if html_zh is not None else ""
+    prefix_zh = f"{html_zh.name}/" if html_zh is not None else ""
     binary = shutil.which(args.chromium) or args.chromium
     if not Path(binary).is_file():
         print(f"FAIL: no Chromium at {args.chromium}; install Debian's chromium (apt-get install chromium)")
         return 2
 
-    print(f"static scan of {html} ...")
-    problems = static_scan(html)
-    print(f"  {len(list(html.rglob('*.html')))} pages: {'no external resources' if not problems else f'{len(problems)} external resource(s)'}")
+    problems = []
+    for edition in (html, html_zh):
+        if edition is None:
+            continue
+        print(f"static scan of {edition} ...")
+        found = static_scan(edition)
+        print(f"  {len(list(edition.rglob('*.html')))} pages: {'no external resources' if not found else f'{len(found)} external resource(s)'}")
+        problems += found
 
     args.screenshots.mkdir(parents=True, exist_ok=True)
-    server, base = serve(html)
+    server, base = serve(served)
     profile = Path(tempfile.mkdtemp(prefix="llmcourse-chromium-"))
     process = None
     tools = None
@@ -374,8 +541,20 @@ def main(argv: list[str] | None = None) -> int:
         tools.call("Network.enable")
         tools.call("Runtime.enable")
         tools.call("Network.setCacheDisabled", cacheDisabled=True)
-        problems += check_page(tools, base, args.landing, args.screenshots, need_math=True, need_figures=False)
-        problems += check_page(tools, base, args.notebook, args.screenshots, need_math=False, need_figures=True)
+        tools.call("DOM.enable")
+        tools.call("CSS.enable")
+        for page, math, figures in ((args.landing, True, False), (args.notebook, False, True)):
+            if html_zh is None:
+                problems += check_page(tools, base, page, args.screenshots, need_math=math, need_figures=figures)
+                continue
+            problems += check_page(
+                tools, base, page, args.screenshots, need_math=math, need_figures=figures,
+                prefix=prefix_en, lang="en", twin=(f"/{prefix_zh}{page}", "zh-CN"),
+            )
+            problems += check_page(
+                tools, base, page, args.screenshots, need_math=math, need_figures=figures,
+                prefix=prefix_zh, lang="zh-CN", twin=(f"/{prefix_en}{page}", "en"),
+            )
     finally:
         if tools is not None:
             tools.close()
