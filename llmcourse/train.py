@@ -2,23 +2,47 @@
 
 Shape legend: ``B`` batch, ``T`` sequence length.
 
-A :class:`Trainer` is deterministic under ``TrainConfig.seed``: the batch
-order comes from its own ``torch.Generator``, dropout from the global RNG,
-and both are saved in checkpoints, so a run resumed from a checkpoint ends
-with exactly the weights of an uninterrupted run. Metrics come back as a
-:class:`History` of plain lists, ready to plot.
+A :class:`Trainer` is deterministic under ``TrainConfig.seed`` and keeps its
+randomness to itself:
+
+- the batch order comes from its own ``torch.Generator`` (:attr:`Trainer.generator`);
+- dropout (and anything else that draws from torch's global RNG during a
+  training step) uses the trainer's own RNG state, swapped in around each
+  step and swapped out after it, so the caller's global random state is the
+  same after constructing or running a trainer as before. On one process the
+  sequence is exactly the one ``torch.manual_seed(cfg.seed)`` would give;
+  rank ``r > 0`` of a distributed run uses ``cfg.seed + r``, so ranks drop
+  different units.
+
+Both states are saved in checkpoints, so a run resumed from a checkpoint ends
+with exactly the weights of an uninterrupted run.
+
+It scales from a notebook to several accelerators without changing those
+numbers: ``TrainConfig.batch_size`` is the *global* batch; each step draws it
+from the generator, the rank keeps its rows, and splits them into
+``grad_accum_steps`` micro-batches; ``TrainConfig.device`` and
+``autocast_dtype`` choose the hardware and precision; ``Trainer(wrap=...)``
+wraps the model (DDP, FSDP) for forward and backward while
+:attr:`Trainer.model` stays the plain module that is saved and loaded.
+
+Components can report auxiliary losses and statistics
+(:mod:`llmcourse.auxiliary`): the trainer collects them around every forward
+pass, adds the losses to what it differentiates, and logs both by name. Metrics
+come back as a :class:`History` of plain lists, ready to plot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from . import auxiliary
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .objectives import lm_loss
 from .progress import progress_bar
@@ -26,13 +50,20 @@ from .progress import progress_bar
 Batch = dict[str, torch.Tensor]
 BatchFn = Callable[[torch.Generator], Batch]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+WrapFn = Callable[[nn.Module], nn.Module]
 
 EVAL_SEED = 1234  # validation batches are the same for every run, so runs compare on equal terms
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 
 @dataclass
 class TrainConfig:
-    """Everything about optimisation (the model has its own :class:`~llmcourse.config.ModelConfig`)."""
+    """Everything about optimisation (the model has its own :class:`~llmcourse.config.ModelConfig`).
+
+    ``batch_size`` is the global batch: the rows one optimizer step sees, summed
+    over ranks and micro-batches; it must be divisible by
+    ``world_size * grad_accum_steps``.
+    """
 
     steps: int = 1000
     batch_size: int = 32
@@ -48,20 +79,39 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     desc: str = "train"
+    grad_accum_steps: int = 1  # micro-batches per step (each rank); gradients add up before the update
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", "mps"...: the model and every batch move there
+    autocast_dtype: str | None = None  # None (float32), "bfloat16" or "float16" (float16 adds a gradient scaler)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "eval_batches"):
+        for name in ("steps", "batch_size", "eval_every", "eval_batches", "grad_accum_steps"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}={v!r} must be a positive integer.")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0.")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive.")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be a positive, finite number.")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr={self.min_lr} must lie in [0, lr={self.lr}].")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip={self.grad_clip} must be positive, or None to disable clipping.")
+        if self.grad_clip is not None and (not math.isfinite(self.grad_clip) or self.grad_clip <= 0):
+            raise ValueError(
+                f"grad_clip={self.grad_clip} must be a positive, finite number, or None to disable clipping."
+            )
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not divisible by grad_accum_steps={self.grad_accum_steps}; "
+                "every micro-batch needs the same number of rows. Choose a divisor of the batch size."
+            )
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device={self.device!r} is not a torch device ({e}); use 'cpu', 'cuda', 'cuda:0'...") from None
+        if self.autocast_dtype is not None and self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast_dtype={self.autocast_dtype!r} is not supported; use None (float32), "
+                f"{' or '.join(repr(d) for d in AUTOCAST_DTYPES)}."
+            )
 
     @property
     def resolved_min_lr(self) -> float:
@@ -69,7 +119,14 @@ class TrainConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``steps``."""
+    """The learning rate of step ``step`` (counted from 0): linear warmup, then cosine decay to ``min_lr``.
+
+    Warmup convention: step ``s < warmup_steps`` uses ``lr * (s + 1) / warmup_steps``,
+    so the *first* step already moves, at ``lr / warmup_steps`` (not 0), and step
+    ``warmup_steps - 1`` is the first at the full ``lr``. From there a cosine
+    falls to ``min_lr``, which it reaches at step ``steps`` and keeps after.
+    With ``warmup_steps = 0`` the first step runs at ``lr``.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     span = max(1, cfg.steps - cfg.warmup_steps)
@@ -87,9 +144,77 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+# --- gradient clipping --------------------------------------------------------
+def _grads(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    if torch.is_tensor(parameters):
+        parameters = [parameters]
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+def _by_device_and_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """The global L2 norm of the existing gradients, ``sqrt(sum_p ||g_p||^2)``, as one scalar tensor.
+
+    Computed as torch does: each gradient's norm, then the norm of those norms.
+    Parameters without a gradient are skipped; ``tensor(0.)`` when none has one.
+
+    Shapes: any parameters -> scalar.
+    """
+    grads = _grads(parameters)
+    if not grads:
+        return torch.tensor(0.0)
+    first_device = grads[0].device
+    norms = [torch.linalg.vector_norm(g) for group in _by_device_and_dtype(grads) for g in group]
+    return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]))
+
+
+@torch.no_grad()
+def scale_grads_to_norm(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float, total_norm: torch.Tensor) -> None:
+    """Multiply every gradient by ``min(1, max_norm / (total_norm + 1e-6))`` in place (Pascanu et al. 2013)."""
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    for group in _by_device_and_dtype(_grads(parameters)):
+        coef_here = coef.to(group[0].device)
+        for g in group:
+            g.mul_(coef_here)
+
+
+def clip_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """Clip the existing gradients to a global L2 norm of at most ``max_norm``; return the norm before clipping.
+
+    ``g <- g * min(1, max_norm / (||g|| + 1e-6))`` for every gradient, with
+    ``||g||`` the norm of all gradients together (:func:`grad_norm`). The same
+    numbers as ``torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=False)``.
+    ``max_norm=None`` only measures. A non-finite norm is returned as it is
+    (the gradients are then scaled by ``nan`` or 0, as torch does); the
+    :class:`Trainer` checks the norm before it clips.
+    """
+    parameters = [parameters] if torch.is_tensor(parameters) else list(parameters)
+    total = grad_norm(parameters)
+    if max_norm is not None:
+        scale_grads_to_norm(parameters, float(max_norm), total)
+    return total
+
+
+# --- history ------------------------------------------------------------------
 @dataclass
 class History:
-    """Metrics of a run as plain lists (``step`` counts from 1)."""
+    """Metrics of a run as plain lists (``step`` counts from 1).
+
+    ``train_loss`` is the objective's loss (``loss_fn``) of each step, *without*
+    the auxiliary losses; the step differentiated ``train_loss`` plus the sum of
+    ``aux_losses``. ``aux_losses[name]`` and ``stats[name]`` hold one entry per
+    entry of ``step`` (``nan`` / ``None`` where that name was not reported), so
+    ``plt.plot(h.step, h.aux_losses["moe.balance"])`` works. A step that
+    diverged under ``stop_on_divergence`` is logged with ``train_loss = nan``.
+    Histories saved before these fields existed load with them empty.
+    """
 
     step: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
@@ -97,12 +222,14 @@ class History:
     grad_norm: list[float] = field(default_factory=list)
     eval_step: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    aux_losses: dict[str, list[float]] = field(default_factory=dict)
+    stats: dict[str, list] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, list]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, list]) -> "History":
+    def from_dict(cls, data: dict[str, Any]) -> "History":
         return cls(**data)
 
     @property
@@ -111,9 +238,58 @@ class History:
             raise ValueError("this run has no validation loss; give the Trainer val_batches.")
         return self.val_loss[-1]
 
+    def log_step(
+        self,
+        step: int,
+        train_loss: float,
+        lr: float,
+        grad_norm: float,
+        aux_losses: dict[str, float] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one step, keeping every named series as long as ``step``."""
+        n = len(self.step)
+        for series, values, missing in ((self.aux_losses, aux_losses or {}, math.nan), (self.stats, stats or {}, None)):
+            for name in values:
+                series.setdefault(name, [missing] * n)
+            for name, column in series.items():
+                column.append(values.get(name, missing))
+        self.step.append(step)
+        self.train_loss.append(train_loss)
+        self.lr.append(lr)
+        self.grad_norm.append(grad_norm)
+
+
+# --- the trainer --------------------------------------------------------------
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
+    """The mean of each value over ranks (the values themselves on one process)."""
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return (t / torch.distributed.get_world_size()).tolist()
+
+
+def _rows(batch: Batch, keys: list[str], start: int, stop: int) -> Batch:
+    return {k: (v[start:stop] if k in keys else v) for k, v in batch.items()}
+
 
 class Trainer:
-    """Train ``model`` on batches from ``train_batches(generator)`` with ``loss_fn(model, batch)``."""
+    """Train ``model`` on batches from ``train_batches(generator)`` with ``loss_fn(model, batch)``.
+
+    ``wrap(model) -> module``, when given, wraps the model after it moves to
+    ``cfg.device`` (``DistributedDataParallel``, ``FSDP``): forward and backward
+    go through the wrapped module (:attr:`wrapped`), the optimizer holds its
+    parameters, and :attr:`model` stays the plain module for saving and loading.
+    Assigning ``trainer.model = other`` moves and wraps ``other``; it must share
+    the parameters the optimizer holds (as :func:`~llmcourse.models.to_prefix_decoder`
+    does). ``rank`` and ``world_size`` default to those of ``torch.distributed``
+    when a process group is initialised, else 0 and 1.
+    """
 
     def __init__(
         self,
@@ -122,91 +298,278 @@ class Trainer:
         train_batches: BatchFn,
         val_batches: BatchFn | None = None,
         loss_fn: LossFn = lm_loss,
+        *,
+        wrap: WrapFn | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
-        self.model = model
+        if world_size is None:
+            world_size = torch.distributed.get_world_size() if _distributed() else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if _distributed() else 0
+        if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank!r}, world_size={world_size!r}: need integers with 0 <= rank < world_size.")
+        shards = world_size * cfg.grad_accum_steps
+        if cfg.batch_size % shards:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} (the global batch) is not divisible by world_size * grad_accum_steps = "
+                f"{world_size} * {cfg.grad_accum_steps} = {shards}; every rank and micro-batch needs the same number "
+                "of rows. Change batch_size or grad_accum_steps."
+            )
         self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(cfg.device)
+        self.autocast_dtype = getattr(torch, cfg.autocast_dtype) if cfg.autocast_dtype else None
+        self.wrap = wrap
+        self.model = model  # moves to the device and wraps (see the property)
         self.train_batches = train_batches
         self.loss_fn = loss_fn
         self.step = 0
         self.history = History()
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)  # dropout and any other global randomness
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # the global batch order: the same on every rank
+        self._init_rng(cfg.seed + rank)
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False
+            param_groups(self.wrapped, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False
         )
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.autocast_dtype == "float16" else None
+        self.last_aux_losses: dict[str, float] = {}  # the latest step's auxiliary losses and statistics
+        self.last_stats: dict[str, Any] = {}
         eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-        self.val_set = [val_batches(eval_gen) for _ in range(cfg.eval_batches)] if val_batches is not None else []
+        with self.own_rng():
+            self.val_set = [val_batches(eval_gen) for _ in range(cfg.eval_batches)] if val_batches is not None else []
 
+    # --- model, device, precision -------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        """The plain (unwrapped) model: what is saved, loaded and returned to the caller."""
+        return self._model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        self._model = model.to(self.device)
+        self.wrapped = self.wrap(self._model) if self.wrap is not None else self._model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        if self.device.type == "cpu":
+            return batch
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # --- randomness -----------------------------------------------------------
+    def _init_rng(self, seed: int) -> None:
+        self._rng_depth = 0
+        self.rng_state = torch.Generator().manual_seed(seed).get_state()  # = torch.manual_seed(seed)'s CPU state
+        self.cuda_rng_state = None
+        if self.device.type == "cuda":
+            caller = torch.cuda.get_rng_state(self.device)
+            torch.cuda.manual_seed(seed)
+            self.cuda_rng_state = torch.cuda.get_rng_state(self.device)
+            torch.cuda.set_rng_state(caller, self.device)
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """Run the block with the trainer's RNG state as torch's global one, then give the caller's back."""
+        if self._rng_depth:  # already inside: the trainer's state is the global one
+            yield
+            return
+        caller = torch.get_rng_state()
+        caller_cuda = torch.cuda.get_rng_state(self.device) if self.cuda_rng_state is not None else None
+        torch.set_rng_state(self.rng_state)
+        if caller_cuda is not None:
+            torch.cuda.set_rng_state(self.cuda_rng_state, self.device)
+        self._rng_depth += 1
+        try:
+            yield
+        finally:
+            self._rng_depth -= 1
+            self.rng_state = torch.get_rng_state()
+            torch.set_rng_state(caller)
+            if caller_cuda is not None:
+                self.cuda_rng_state = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(caller_cuda, self.device)
+
+    # --- batches --------------------------------------------------------------
+    def micro_batches(self, batch: Batch) -> list[Batch]:
+        """This rank's rows of a global batch, split into ``grad_accum_steps`` micro-batches.
+
+        Rank ``r`` of ``K`` keeps rows ``r*B/K : (r+1)*B/K``; every tensor whose
+        first dimension is the batch size ``B`` is sliced, anything else is passed
+        through unchanged. With one process and no accumulation the batch comes
+        back as it is.
+        """
+        shards = self.world_size * self.cfg.grad_accum_steps
+        if shards == 1:
+            return [batch]
+        first = batch.get("input_ids")
+        if not torch.is_tensor(first):
+            first = next((v for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), None)
+        B = first.shape[0] if first is not None else None
+        if B != self.cfg.batch_size:
+            raise ValueError(
+                f"train_batches gave a batch of {B} rows but TrainConfig.batch_size={self.cfg.batch_size}; with "
+                f"world_size={self.world_size} and grad_accum_steps={self.cfg.grad_accum_steps} the trainer splits "
+                "the global batch by that size. Make the batch function produce batch_size rows."
+            )
+        keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B]
+        per_rank, per_micro = B // self.world_size, B // shards
+        start = self.rank * per_rank
+        return [_rows(batch, keys, start + i * per_micro, start + (i + 1) * per_micro) for i in range(self.cfg.grad_accum_steps)]
+
+    # --- evaluation -------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches."""
-        was_training = self.model.training
-        self.model.eval()
-        losses = [float(self.loss_fn(self.model, batch)) for batch in self.val_set]
-        self.model.train(was_training)
-        return sum(losses) / len(losses)
+        """Mean loss over the fixed validation batches (auxiliary losses are not part of it).
+
+        Distributed, each rank scores its rows of every batch (all rows when the
+        batch does not split evenly) and the means are averaged over ranks.
+        """
+        if not self.val_set:
+            raise ValueError("this trainer has no validation batches; give the Trainer val_batches.")
+        was_training = self.wrapped.training
+        self.wrapped.eval()
+        losses = []
+        with self.own_rng():
+            for batch in self.val_set:
+                rows = next((v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), 0)
+                if self.world_size > 1 and rows % self.world_size == 0:
+                    keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows]
+                    per_rank = rows // self.world_size
+                    batch = _rows(batch, keys, self.rank * per_rank, (self.rank + 1) * per_rank)
+                with self._autocast():
+                    losses.append(float(self.loss_fn(self.wrapped, self._to_device(batch))))
+        self.wrapped.train(was_training)
+        return _all_reduce_mean([sum(losses) / len(losses)], self.device)[0]
+
+    # --- one step ---------------------------------------------------------------
+    def _diverged(self, message: str) -> FloatingPointError:
+        self.optimizer.zero_grad(set_to_none=True)  # nothing of this step survives
+        return FloatingPointError(
+            f"{message} at step {self.step + 1}; training diverged and this update was not applied (the weights are "
+            "those before the step). Lower the learning rate, add warmup or gradient clipping "
+            "(and save checkpoints to resume from)."
+        )
 
     def train_step(self, batch: Batch) -> tuple[float, float]:
-        lr = lr_at(self.step, self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss = self.loss_fn(self.model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {float(loss.detach())} at step {self.step + 1}; training diverged. Lower the learning rate, "
-                "add warmup or gradient clipping (and save checkpoints to resume from)."
-            )
-        loss.backward()
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return float(loss.detach()), grad_norm
+        """One optimizer step on one global batch; returns ``(loss, gradient norm before clipping)``.
+
+        The loss is the objective's, averaged over micro-batches weighted by their
+        share of the rows (exact for losses that average over the same number of
+        tokens in every row, as language modelling on full windows does). The
+        auxiliary losses and statistics of the step are left in
+        :attr:`last_aux_losses` and :attr:`last_stats`. A non-finite loss, or a
+        finite loss with non-finite gradients, raises ``FloatingPointError``
+        before anything is applied.
+        """
+        with self.own_rng():
+            lr = lr_at(self.step, self.cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            micro = self.micro_batches(batch)
+            weight = 1.0 / len(micro)
+            loss_sum, aux_sums = 0.0, {}
+            stats = auxiliary.AuxiliaryOutputs()
+            for i, mb in enumerate(micro):
+                last = i == len(micro) - 1
+                no_sync = getattr(self.wrapped, "no_sync", None)  # DDP: all-reduce gradients once, after the last
+                sync = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+                with sync:
+                    with auxiliary.collect() as aux, self._autocast():
+                        loss = self.loss_fn(self.wrapped, self._to_device(mb))
+                    values = [loss.detach()] + [v.detach() for v in aux.losses.values()]
+                    finite = torch.isfinite(torch.stack([v.float() for v in values])).all()
+                    if _distributed():  # every rank must take the same branch, or the others wait forever
+                        flag = finite.to(torch.float32).to(self.device)
+                        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                        finite = bool(flag)
+                    if not finite:
+                        bad = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in aux.losses.items()}
+                        bad = {k: v for k, v in bad.items() if not math.isfinite(v)} or {"loss on another rank": math.nan}
+                        raise self._diverged("the " + ", ".join(f"{k} became {v}" for k, v in bad.items()))
+                    objective = loss + aux.total() if aux.losses else loss
+                    if len(micro) > 1:
+                        objective = objective * weight
+                    if self.scaler is not None:
+                        objective = self.scaler.scale(objective)
+                    objective.backward()
+                loss_sum += weight * float(loss.detach()) if len(micro) > 1 else float(loss.detach())
+                for name, value in aux.losses.items():
+                    aux_sums[name] = aux_sums.get(name, 0.0) + weight * float(value.detach())
+                for name, value in aux.stats.items():
+                    stats.add_stat(name, torch.tensor(value))
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.wrapped.parameters()]
+            fsdp_clip = getattr(self.wrapped, "clip_grad_norm_", None)  # FSDP: the norm over every rank's shard
+            total = fsdp_clip(math.inf) if fsdp_clip is not None else grad_norm(params)
+            norm = float(total)
+            if not math.isfinite(norm) and self.scaler is None:
+                raise self._diverged(f"the gradient norm became {norm} (with a finite loss {loss_sum:.4g})")
+            if self.cfg.grad_clip is not None and math.isfinite(norm):
+                scale_grads_to_norm(params, self.cfg.grad_clip, total)
+            if self.scaler is not None:  # float16: the scaler skips a step with inf/nan gradients and lowers its scale
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            reduced = _all_reduce_mean([loss_sum, *aux_sums.values()], self.device)
+            self.last_aux_losses = dict(zip(aux_sums, reduced[1:]))
+            self.last_stats = stats.stats
+            return reduced[0], norm
 
     def train(self, until: int | None = None, stop_on_divergence: bool = False) -> History:
         """Train up to step ``until`` (default ``cfg.steps``) and return the history so far.
 
-        With ``stop_on_divergence=True`` a non-finite loss ends the run quietly
-        (the history shows where), which is what a stability experiment wants.
+        With ``stop_on_divergence=True`` a non-finite loss or gradient ends the
+        run quietly, with the weights of the last good step (the history shows
+        where: that step's ``train_loss`` is ``nan``), which is what a stability
+        experiment wants.
         """
         until = self.cfg.steps if until is None else until
-        self.model.train()
+        self.wrapped.train()
         bar = progress_bar(until, self.cfg.desc, self.cfg.progress)
         bar.update(self.step)
         h = self.history
         try:
-            while self.step < until:
-                batch = self.train_batches(self.generator)
-                try:
-                    loss, grad_norm = self.train_step(batch)
-                except FloatingPointError:
-                    if not stop_on_divergence:
-                        raise
-                    h.step.append(self.step + 1)
-                    h.train_loss.append(float("nan"))
-                    h.lr.append(lr_at(self.step, self.cfg))
-                    h.grad_norm.append(float("nan"))
-                    break
-                h.step.append(self.step)
-                h.train_loss.append(loss)
-                h.lr.append(lr_at(self.step - 1, self.cfg))
-                h.grad_norm.append(grad_norm)
-                if self.val_set and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps):
-                    h.eval_step.append(self.step)
-                    h.val_loss.append(self.evaluate())
-                postfix = f"loss {loss:.3f}" + (f" val {h.val_loss[-1]:.3f}" if h.val_loss else "")
-                bar.set_postfix_str(postfix, refresh=False)
-                bar.update(1)
+            with self.own_rng():
+                while self.step < until:
+                    batch = self.train_batches(self.generator)
+                    try:
+                        loss, norm = self.train_step(batch)
+                    except FloatingPointError:
+                        if not stop_on_divergence:
+                            raise
+                        h.log_step(self.step + 1, math.nan, lr_at(self.step, self.cfg), math.nan)
+                        break
+                    h.log_step(self.step, loss, lr_at(self.step - 1, self.cfg), norm, self.last_aux_losses, self.last_stats)
+                    if self.val_set and (self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps):
+                        h.eval_step.append(self.step)
+                        h.val_loss.append(self.evaluate())
+                    postfix = f"loss {loss:.3f}" + (f" val {h.val_loss[-1]:.3f}" if h.val_loss else "")
+                    bar.set_postfix_str(postfix, refresh=False)
+                    bar.update(1)
         finally:
             bar.close()
         return h
 
     # --- checkpoints --------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Model, optimizer, RNG states, step and history in one atomic checkpoint file."""
+    def save(self, path: str | Path, allow_nonfinite: bool = False) -> Path:
+        """Model, optimizer, RNG states, step and history in one atomic checkpoint file.
+
+        Every rank holds the same weights under DDP; save from rank 0 only. The
+        file keeps this rank's dropout RNG state. Weights or optimizer state with
+        ``nan``/``inf`` are refused unless ``allow_nonfinite=True``
+        (:func:`~llmcourse.checkpoint.save_checkpoint`).
+        """
         opt = self.optimizer.state_dict()
-        tensors = {"rng.torch": torch.get_rng_state(), "rng.batches": self.generator.get_state()}
+        tensors = {"rng.torch": self.rng_state, "rng.batches": self.generator.get_state()}
+        if self.cuda_rng_state is not None:
+            tensors["rng.cuda"] = self.cuda_rng_state
         for idx, state in opt["state"].items():
             for key, value in state.items():
                 tensors[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
@@ -217,7 +580,9 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "param_groups": groups,
         }
-        return save_checkpoint(path, self.model, tensors=tensors, trainer=trainer)
+        if self.scaler is not None:
+            trainer["grad_scaler"] = self.scaler.state_dict()
+        return save_checkpoint(path, self.model, tensors=tensors, trainer=trainer, allow_nonfinite=allow_nonfinite)
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save`, so training continues exactly where it stopped."""
@@ -237,7 +602,11 @@ class Trainer:
             self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {str(path)!r}: optimizer state does not fit this model ({e}).") from None
-        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        self.rng_state = ckpt.tensors["rng.torch"]
+        if self.cuda_rng_state is not None and "rng.cuda" in ckpt.tensors:
+            self.cuda_rng_state = ckpt.tensors["rng.cuda"]
         self.generator.set_state(ckpt.tensors["rng.batches"])
+        if self.scaler is not None and "grad_scaler" in ckpt.trainer:
+            self.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
         self.step = int(ckpt.trainer["step"])
         self.history = History.from_dict(ckpt.trainer["history"])
