@@ -2,13 +2,15 @@
 #
 #   make book       set up .venv if needed, build the HTML book into _build/html
 #   make test       set up, unit tests, nbval over every notebook, lint of the
-#                   stored notebooks, clean book build (warnings are errors)
-#   make book-zh    the Chinese edition (locale/zh_CN catalogs) into _build/html-zh
-#   make translations  extract the messages and update the catalogs (sphinx-intl)
+#                   stored notebooks, clean builds of the English and the
+#                   Chinese book (warnings are errors), translation check
 #   make notebooks  re-execute notebooks in place (NOTEBOOKS="a.ipynb b.ipynb"
 #                   for a subset), refreshing their stored outputs
+#   make book-zh    build the Chinese edition into _build/html-zh
+#   make translations        extract the messages, update locale/ (sphinx-intl)
+#   make check-translations  check the catalogs against the English text
 #   make clean      remove build outputs and caches (keeps .venv)
-#   PARTIAL=1       (with book or test) build only the pages that exist yet
+#   PARTIAL=1       (with book, book-zh or test) build only the pages that exist yet
 #   make distclean  also remove .venv and the unpacked MathJax
 #
 # Heavy steps run under tools/locked.sh, a machine-wide lock, so that two
