@@ -116,8 +116,8 @@ def hf_config(config: ModelConfig) -> dict:
     d_scale = config.d_model**-0.5
     require(
         config, "T5ForConditionalGeneration", arch="encoder_decoder",
-        **{**plain(config), "attn_scale": 1.0},
-        logit_scale=Needs(lambda v: math.isclose(v, 1.0) or math.isclose(v, d_scale), f"1.0 or d_model**-0.5 ({d_scale:.6g})"),
+        **{**plain(config), "attn_scale": 1.0, "logit_scale": Needs(
+            lambda v: math.isclose(v, 1.0) or math.isclose(v, d_scale), f"1.0 or d_model**-0.5 ({d_scale:.6g})")},
         norm="rmsnorm", norm_placement="pre", final_norm=True, embed_norm=False, parallel_residual=False,
         position="t5", bias=False, share_embeddings=True, n_kv_heads=config.n_heads, ffn=tuple(_HF_FFNS),
     )
