@@ -432,3 +432,53 @@ def test_trainer_refuses_to_save_non_finite_weights(tiny_config, token_ids, tmp_
     with pytest.raises(CheckpointError, match="tok_emb.weight"):
         trainer.save(tmp_path / "c.safetensors")
     trainer.save(tmp_path / "c.safetensors", allow_nonfinite=True)
+
+
+_DDP_WORKER = """
+import json, sys
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from llmcourse import LMBatches, TrainConfig, Trainer, build_model
+from llmcourse.config import ModelConfig
+
+rank, store, out, config, ids = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+ids = torch.tensor(json.loads(open(ids).read()))
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+model = build_model(ModelConfig.from_dict(config), seed=0)
+cfg = TrainConfig(**json.loads(sys.argv[6]))
+trainer = Trainer(model, cfg, LMBatches(ids, 8, 32), LMBatches(ids, 8, 32), wrap=DistributedDataParallel)
+history = trainer.train()
+weights = [p.detach().reshape(-1).tolist() for p in trainer.model.parameters()]
+json.dump({"loss": history.train_loss, "val": history.val_loss, "weights": weights}, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_with_ddp_train_like_one_process_on_the_global_batch(tiny_config, token_ids, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    config = tiny_config.replace(bias=False)  # see test_gradient_accumulation_equals_one_batch
+    train = dict(steps=4, batch_size=8, lr=3e-3, warmup_steps=1, eval_every=2, eval_batches=2, progress=False)
+    (tmp_path / "ids.json").write_text(json.dumps(token_ids.tolist()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _DDP_WORKER, str(rank), str(tmp_path / "store"), str(tmp_path / f"{rank}.json"),
+                          json.dumps(config.to_dict()), str(tmp_path / "ids.json"),
+                          json.dumps({**train, "grad_accum_steps": 2})], env=env, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+
+    model = build_model(config, seed=0)
+    one = Trainer(model, TrainConfig(**train), LMBatches(token_ids, 8, 32), LMBatches(token_ids, 8, 32)).train()
+    for r in ranks:
+        assert r["loss"] == pytest.approx(one.train_loss, abs=1e-6)  # the mean over both ranks' rows
+        assert r["val"] == pytest.approx(one.val_loss, abs=1e-6)
+        for a, b in zip(r["weights"], model.parameters()):
+            torch.testing.assert_close(torch.tensor(a), b.detach().reshape(-1), atol=1e-6, rtol=0)
