@@ -24,7 +24,9 @@ from torch import nn
 
 from .base import Converter, convert_from_hf, convert_to_hf
 
-# model_type -> module in this package that defines CONVERTER. The order is to_hf's order of preference.
+# model_type -> module in this package. A module defines CONVERTER (a declarative map, both directions)
+# or, for families not yet written as data, only convert(hf_model) (from_hf only).
+# The order is to_hf's order of preference.
 CONVERTERS: dict[str, str] = {
     "llama": "llama",
     "gpt2": "gpt2",
@@ -32,16 +34,29 @@ CONVERTERS: dict[str, str] = {
     "gpt_neox": "gpt_neox",
     "bloom": "bloom",
     "opt": "opt",
+    "mixtral": "mixtral",
+    "switch_transformers": "switch_transformers",
 }
 
 
-def converter(model_type: str) -> Converter:
-    """The :class:`~llmcourse.hf.base.Converter` of a ``transformers`` ``model_type``."""
+def _module(model_type: str):
     if model_type not in CONVERTERS:
         raise ValueError(
             f"model_type={model_type!r} is not supported; llmcourse.hf converts {', '.join(sorted(CONVERTERS))}."
         )
-    return importlib.import_module(f".{CONVERTERS[model_type]}", __name__).CONVERTER
+    return importlib.import_module(f".{CONVERTERS[model_type]}", __name__)
+
+
+def converter(model_type: str) -> Converter:
+    """The :class:`~llmcourse.hf.base.Converter` of a ``transformers`` ``model_type``."""
+    conv = getattr(_module(model_type), "CONVERTER", None)
+    if conv is None:
+        declarative = ", ".join(name for name in CONVERTERS if hasattr(_module(name), "CONVERTER"))
+        raise ValueError(
+            f"model_type={model_type!r} converts from Hugging Face only (its module has no declarative name map), "
+            f"so to_hf cannot build it; to_hf builds {declarative}."
+        )
+    return conv
 
 
 def from_hf(model: nn.Module) -> nn.Module:
@@ -50,7 +65,9 @@ def from_hf(model: nn.Module) -> nn.Module:
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         raise ValueError(f"from_hf expects a transformers model with a config.model_type, got {type(model).__name__}.")
-    return convert_from_hf(converter(model_type), model)
+    module = _module(model_type)
+    conv = getattr(module, "CONVERTER", None)
+    return convert_from_hf(conv, model) if conv is not None else module.convert(model)
 
 
 def to_hf(model: nn.Module, model_type: str | None = None) -> nn.Module:
@@ -69,7 +86,9 @@ def to_hf(model: nn.Module, model_type: str | None = None) -> nn.Module:
         return convert_to_hf(converter(model_type), model)
     reasons = []
     for name in CONVERTERS:
-        conv = converter(name)
+        conv = getattr(_module(name), "CONVERTER", None)
+        if conv is None:  # from_hf only
+            continue
         try:
             conv.hf_config(config)
         except ValueError as e:
@@ -112,14 +131,15 @@ def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> nn.Module:
             f"{name!r} is a {model_type!r} model (architectures: {archs}), which llmcourse.hf does not convert; "
             f"supported model types: {', '.join(sorted(CONVERTERS))}."
         )
-    conv = converter(model_type)
-    conv.model_config(hf_config)  # an unsupported variant fails before the weights load
+    conv = getattr(_module(model_type), "CONVERTER", None)
+    if conv is not None:
+        conv.model_config(hf_config)  # an unsupported variant fails before the weights load
     auto = transformers.AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else transformers.AutoModelForCausalLM
     try:
         hf_model = auto.from_pretrained(path, config=hf_config, **kwargs)
     except OSError as e:
         raise FileNotFoundError(f"could not load the weights of {name!r}: {e}") from e
-    return convert_from_hf(conv, hf_model)
+    return from_hf(hf_model)
 
 
 __all__ = ["CONVERTERS", "converter", "from_hf", "to_hf", "from_pretrained"]
