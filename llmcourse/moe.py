@@ -13,6 +13,9 @@ of them (the experts) and a router that sends each token to ``k`` of them (Shaze
 - **Top-1** (Switch Transformer, Fedus et al. 2021): the argmax expert, gate ``g = p_max``.
 - **Top-k** (GShard, GLaM, Mixtral): the ``k`` most probable experts, gates renormalised to sum
   to 1 over the chosen ones (equal to a softmax over the ``k`` top logits).
+  ``router_renormalize`` overrides the rule: True renormalises for every ``k`` (Mixtral's code,
+  which gives a top-1 gate of exactly 1), False never (Qwen2-MoE and DeepSeek with
+  ``norm_topk_prob=False``); None (default) is the rule above.
 - **Jitter** (Switch): while training only, the router's *input* is multiplied by noise drawn
   uniformly from ``[1 - eps, 1 + eps]``; the experts see the clean input.
 - **Capacity**: one expert takes at most ``C = ceil(capacity_factor * tokens * k / E)``
@@ -102,15 +105,18 @@ class Routing:
         return ~self.kept.any(dim=-1)
 
 
-def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def route(
+    logits: torch.Tensor, top_k: int, renormalize: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax and top-k selection. Shapes: ``logits (N, E)`` -> ``probs (N, E)``, ``experts (N, k)``, ``weights (N, k)``.
 
     Top-1: the gate is the top probability (Switch). Top-k, ``k > 1``: the ``k`` top
-    probabilities renormalised to sum to 1 (GShard, GLaM, Mixtral).
+    probabilities renormalised to sum to 1 (GShard, GLaM, Mixtral). ``renormalize=True``
+    or ``False`` forces renormalising (or not) for every ``k``.
     """
     probs = torch.softmax(logits.float(), dim=-1)  # (N, E), float32 whatever the model's dtype
     top_probs, experts = torch.topk(probs, top_k, dim=-1)  # (N, k), most probable first
-    if top_k > 1:
+    if (top_k > 1) if renormalize is None else renormalize:
         top_probs = top_probs / top_probs.sum(dim=-1, keepdim=True)
     return probs, experts, top_probs
 
@@ -120,13 +126,17 @@ class Router(nn.Module):
 
     ``jitter``: while training, the router's input is multiplied by noise uniform in
     ``[1 - jitter, 1 + jitter]`` (Switch Transformer); in eval mode it is never applied.
+    ``renormalize``: see :func:`route` (None: renormalise the gates for ``top_k > 1`` only).
     The gate's weight is ``gate.weight`` ``(E, D)``, initialised as a plain normal
     (``init_role = "router"``, see :func:`llmcourse.blocks.init_weights`).
     """
 
     init_role = "router"
 
-    def __init__(self, d_model: int, n_experts: int, top_k: int = 1, jitter: float = 0.0, bias: bool = False) -> None:
+    def __init__(
+        self, d_model: int, n_experts: int, top_k: int = 1, jitter: float = 0.0, bias: bool = False,
+        renormalize: bool | None = None,
+    ) -> None:
         super().__init__()
         _check_positive_int("d_model", d_model)
         _check_positive_int("n_experts", n_experts)
@@ -135,8 +145,20 @@ class Router(nn.Module):
             raise ValueError(f"top_k={top_k} must be between 1 and n_experts={n_experts}.")
         _check_number("router_jitter", jitter)
         self.n_experts, self.top_k, self.jitter = n_experts, top_k, float(jitter)
+        self.renormalize = renormalize
         self.gate = nn.Linear(d_model, n_experts, bias=bias)
         self.gate.init_role = "router"
+
+    @property
+    def renormalize(self) -> bool | None:
+        """Whether the gates are renormalised over the chosen experts (None: for ``top_k > 1`` only)."""
+        return self._renormalize
+
+    @renormalize.setter
+    def renormalize(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"router_renormalize={value!r} must be None (renormalise for top_k > 1 only), True or False.")
+        self._renormalize = value
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Router logits in float32. Shapes: ``(N, D) -> (N, E)``."""
@@ -148,12 +170,13 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.logits(x)  # (N, E)
-        probs, experts, weights = route(logits, self.top_k)
+        probs, experts, weights = route(logits, self.top_k, self.renormalize)
         kept = torch.ones_like(experts, dtype=torch.bool)  # capacity is applied by the layer
         return Routing(logits, probs, experts, weights, kept)
 
     def extra_repr(self) -> str:
-        return f"n_experts={self.n_experts}, top_k={self.top_k}, jitter={self.jitter}"
+        extra = "" if self.renormalize is None else f", renormalize={self.renormalize}"
+        return f"n_experts={self.n_experts}, top_k={self.top_k}, jitter={self.jitter}{extra}"
 
 
 # --- capacity --------------------------------------------------------------------------
@@ -288,6 +311,7 @@ class MoEFeedForward(nn.Module):
         n_shared_experts: int = 0,
         dispatch: str = "sorted",
         capacity_scope: str = "batch",
+        router_renormalize: bool | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("d_ff", d_ff)
@@ -298,14 +322,7 @@ class MoEFeedForward(nn.Module):
         _check_number("router_z_loss_coef", router_z_loss_coef)
         if not isinstance(n_shared_experts, int) or isinstance(n_shared_experts, bool) or n_shared_experts < 0:
             raise ValueError(f"n_shared_experts={n_shared_experts!r} must be a non-negative integer.")
-        if dispatch not in MOE_DISPATCHES:
-            raise ValueError(f"moe_dispatch={dispatch!r} is not a known option; choose one of {', '.join(MOE_DISPATCHES)}.")
-        if capacity_scope not in CAPACITY_SCOPES:
-            raise ValueError(
-                f"capacity_scope={capacity_scope!r} is not a known option; choose one of {', '.join(CAPACITY_SCOPES)} "
-                "('batch': all tokens of a call share each expert's capacity; 'sequence': each sequence has its own)."
-            )
-        self.router = Router(d_model, n_experts, top_k, router_jitter, router_bias)
+        self.router = Router(d_model, n_experts, top_k, router_jitter, router_bias, router_renormalize)
         self.experts = nn.ModuleList(
             FeedForward(d_model, d_ff, kind, bias=bias, dropout=dropout, fused=fused) for _ in range(n_experts)
         )
@@ -317,6 +334,31 @@ class MoEFeedForward(nn.Module):
         self.capacity_factor, self.expert_capacity = capacity_factor, expert_capacity
         self.balance_loss_coef, self.router_z_loss_coef = float(balance_loss_coef), float(router_z_loss_coef)
         self.dispatch, self.capacity_scope = dispatch, capacity_scope
+
+    @property
+    def dispatch(self) -> str:
+        """``"sorted"`` (grouped by expert) or ``"reference"`` (loop over experts with masks); same function."""
+        return self._dispatch
+
+    @dispatch.setter
+    def dispatch(self, value: str) -> None:
+        if value not in MOE_DISPATCHES:
+            raise ValueError(f"moe_dispatch={value!r} is not a known option; choose one of {', '.join(MOE_DISPATCHES)}.")
+        self._dispatch = value
+
+    @property
+    def capacity_scope(self) -> str:
+        """Which tokens compete for one expert's capacity: all of a call (``"batch"``) or each sequence's."""
+        return self._capacity_scope
+
+    @capacity_scope.setter
+    def capacity_scope(self, value: str) -> None:
+        if value not in CAPACITY_SCOPES:
+            raise ValueError(
+                f"capacity_scope={value!r} is not a known option; choose one of {', '.join(CAPACITY_SCOPES)} "
+                "('batch': all tokens of a call share each expert's capacity; 'sequence': each sequence has its own)."
+            )
+        self._capacity_scope = value
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "MoEFeedForward":
@@ -340,8 +382,9 @@ class MoEFeedForward(nn.Module):
             router_z_loss_coef=config.router_z_loss_coef,
             n_shared_experts=config.n_shared_experts,
             dispatch=config.moe_dispatch,
-            # not a ModelConfig field yet: the HF Switch converter sets the attribute on each layer
+            # not ModelConfig fields yet: the HF converters set these attributes on each layer
             capacity_scope=getattr(config, "moe_capacity_scope", "batch"),
+            router_renormalize=getattr(config, "router_renormalize", None),
         )
 
     def capacity(self, tokens: int) -> int | None:

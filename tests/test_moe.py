@@ -60,6 +60,25 @@ def test_top1_gate_is_the_top_probability_and_top2_is_renormalised():
     torch.testing.assert_close(weights, torch.softmax(top_logits, -1))
 
 
+def test_renormalize_option_overrides_the_top1_and_topk_rules():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    _, _, w = route(logits, 1, renormalize=True)  # Mixtral's code: the single gate becomes 1
+    assert w.item() == 1.0
+    _, _, w = route(logits, 2, renormalize=False)  # Qwen2-MoE / DeepSeek norm_topk_prob=False
+    torch.testing.assert_close(w, torch.softmax(logits, -1)[:, :2])
+    layer = _layer(k=1, router_renormalize=True)
+    x = torch.randn(4, 8)
+    out, r = layer(x, return_routing=True)
+    assert (r.weights == 1).all()
+    torch.testing.assert_close(out[0], layer.experts[int(r.experts[0, 0])](x[0]))
+    with pytest.raises(ValueError, match="router_renormalize"):
+        layer.router.renormalize = "yes"
+    with pytest.raises(ValueError, match="capacity_scope"):
+        layer.capacity_scope = "rows"
+    with pytest.raises(ValueError, match="moe_dispatch"):
+        layer.dispatch = "fast"
+
+
 def test_router_computes_in_float32_for_bfloat16_inputs():
     router = Router(8, 4, top_k=2).to(torch.bfloat16)
     r = router(torch.randn(5, 8, dtype=torch.bfloat16))

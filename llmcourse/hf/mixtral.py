@@ -1,4 +1,4 @@
-"""``MixtralForCausalLM`` -> :class:`~llmcourse.models.DecoderLM` with a mixture of experts in every layer.
+"""``MixtralForCausalLM`` <-> :class:`~llmcourse.models.DecoderLM` with a mixture of experts in every layer.
 
 Shape legend: ``D`` d_model, ``H`` heads, ``K`` kv heads, ``Dh`` head_dim, ``F`` d_ff of one expert,
 ``E`` experts, ``V`` vocab.
@@ -6,48 +6,101 @@ Shape legend: ``D`` d_model, ``H`` heads, ``K`` kv heads, ``Dh`` head_dim, ``F``
 Mixtral (Jiang et al. 2024) is a Mistral/Llama decoder (pre-norm RMSNorm, rotary positions
 paired "rotate half", grouped-query attention, no biases, optional sliding window) whose
 feed-forward block is a sparse mixture of ``E`` SwiGLU experts in every layer. Its router, as
-``transformers`` 5 computes it (``MixtralTopKRouter``), is the course's top-k router exactly:
+``transformers`` 5 computes it (``MixtralTopKRouter``), is the course's top-k router:
 ``softmax(x W_r)`` in float32, the ``k`` largest probabilities, renormalised to sum to 1; no
 capacity limit, so no token is ever dropped (``capacity_factor=None``). One difference: HF
 renormalises for every ``k``, so with ``num_experts_per_tok=1`` its gate is exactly 1, where the
-course's top-1 rule (Switch) keeps the top probability; the converted routers get
-``renormalize=True`` (the same function for ``k > 1``, HF's for ``k = 1``).
+course's top-1 rule (Switch) keeps the top probability. The converted routers get
+``renormalize=True`` (the same function for ``k > 1``, HF's for ``k = 1``); through
+:func:`llmcourse.hf.from_hf` that needs the ``ModelConfig`` field ``router_renormalize``, so a
+top-1 Mixtral converts there only once the field exists (:func:`convert` works either way).
 
-What the conversion maps (HF -> course):
+The name map (:data:`RULES`, plus :func:`expert_rules` for the ``E`` experts):
 
-- ``mlp.gate.weight (E, D)``                  -> ``ffn.router.gate.weight``
-- ``mlp.experts.gate_up_proj (E, 2F, D)``     -> ``ffn.experts.{e}.gate_proj.weight`` (rows ``:F``)
-  and ``ffn.experts.{e}.up_proj.weight`` (rows ``F:``): HF runs ``x W^T`` and splits the result
-  in two halves, gate first
-- ``mlp.experts.down_proj (E, D, F)``         -> ``ffn.experts.{e}.down_proj.weight``
+- ``mlp.gate.weight (E, D)``                  <-> ``ffn.router.gate.weight``
+- ``mlp.experts.gate_up_proj (E, 2F, D)``     <-> ``ffn.experts.{e}.gate_proj.weight`` (rows ``:F``)
+  and ``ffn.experts.{e}.up_proj.weight`` (rows ``F:``): HF computes ``x W^T`` and splits the
+  result in two halves, gate first
+- ``mlp.experts.down_proj (E, D, F)``         <-> ``ffn.experts.{e}.down_proj.weight``
 - attention and norms as in Llama.
 
-Differences that do not change the logits in eval mode, written down so nobody is surprised:
+Differences that do not change the logits in eval mode:
 
 - **Jitter.** HF multiplies the whole hidden state by the noise (router *and* experts see it)
   while training; the course follows Switch and jitters the router's input only. The noise
   level is carried over (``router_jitter``).
 - **Balance loss.** HF's ``load_balancing_loss_func`` counts ``f_i`` per *token* (the ``f_i``
-  sum to ``k``) and pools the counts of all layers before multiplying; the course counts per
-  *assignment* (they sum to 1) and adds one loss per layer. ``router_aux_loss_coef`` is carried
-  over as ``balance_loss_coef``, so the course's loss is about ``L / k`` times HF's. Mixtral has
-  no z-loss (``router_z_loss_coef=0``).
+  sum to ``k``) and pools the counts of all layers; the course counts per *assignment* (they
+  sum to 1) and adds one loss per layer. ``router_aux_loss_coef`` is carried over as
+  ``balance_loss_coef``, so the course's loss is about ``L / k`` times HF's. Mixtral has no
+  z-loss (``router_z_loss_coef=0``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..models import DecoderLM, build_model
+from ..models import DecoderLM
 from ..moe import moe_layers
+from .base import Converter, Needs, Rule, Transform, convert_from_hf, plain, require
 
 _ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu"}
+_HF_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
+_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+L, B = "model.layers.{i}.", "decoder.blocks.{i}."
+RULES = (
+    Rule("model.embed_tokens.weight", "tok_emb.weight"),
+    Rule(L + "self_attn.{proj:q_proj|k_proj|v_proj|o_proj}.weight", B + "attn.{proj}.weight"),
+    Rule(L + "input_layernorm.weight", B + "attn_norm.weight"),
+    Rule(L + "post_attention_layernorm.weight", B + "ffn_norm.weight"),
+    Rule(L + "mlp.gate.weight", B + "ffn.router.gate.weight"),
+    Rule("model.norm.weight", "decoder.final_norm.weight"),
+)
+
+GATE_UP = Transform(
+    "stacked experts (E, 2F, D): gate rows then up rows",
+    lambda t, cfg: tuple(half for e in t for half in e.chunk(2, dim=0)),  # E x ((F, D), (F, D))
+    lambda ts, cfg: torch.stack([torch.cat(ts[j : j + 2], dim=0) for j in range(0, len(ts), 2)]),
+)
+DOWN = Transform(
+    "stacked experts (E, D, F)",
+    lambda t, cfg: tuple(t.unbind(0)),  # E x (D, F)
+    lambda ts, cfg: torch.stack(ts),
+)
 
 
-def model_config(hf_config) -> ModelConfig:
-    """The :class:`ModelConfig` of a ``MixtralConfig``; raises ``ValueError`` for what the course cannot express."""
+@functools.lru_cache(maxsize=None)
+def expert_rules(n_experts: int) -> tuple[Rule, ...]:
+    """The rules of the stacked expert tensors: one HF tensor <-> ``2 E`` or ``E`` course tensors."""
+    gate_up = tuple(B + f"ffn.experts.{e}.{proj}.weight" for e in range(n_experts) for proj in ("gate_proj", "up_proj"))
+    down = tuple(B + f"ffn.experts.{e}.down_proj.weight" for e in range(n_experts))
+    return (Rule(L + "mlp.experts.gate_up_proj", gate_up, GATE_UP), Rule(L + "mlp.experts.down_proj", down, DOWN))
+
+
+@dataclass(frozen=True)
+class ExpertsConverter(Converter):
+    """A :class:`~llmcourse.hf.base.Converter` whose rules also depend on the number of experts."""
+
+    experts: Callable[[int], tuple[Rule, ...]] = expert_rules
+
+    def all_rules(self, config: ModelConfig) -> list[Rule]:
+        return [*self.experts(config.n_experts), *super().all_rules(config)]
+
+
+def model_config(hf_config, set_after_build: bool = False) -> ModelConfig:
+    """The :class:`ModelConfig` of a ``MixtralConfig``; raises ``ValueError`` for what the course cannot express.
+
+    ``set_after_build``: :func:`convert` sets ``router.renormalize`` on the built layers itself,
+    so a top-1 Mixtral converts even while ``ModelConfig`` has no ``router_renormalize`` field.
+    """
     c = hf_config
     rope = dict(getattr(c, "rope_parameters", None) or {})
     rope_type = rope.get("rope_type", "default")
@@ -57,6 +110,15 @@ def model_config(hf_config) -> ModelConfig:
         )
     if c.hidden_act not in _ACTIVATIONS:
         raise ValueError(f"hidden_act={c.hidden_act!r} has no gated FFN in the course; use one of {', '.join(_ACTIVATIONS)}.")
+    extra = {}
+    if "router_renormalize" in _FIELDS:
+        extra["router_renormalize"] = True  # HF renormalises the gates for every k, k = 1 included
+    elif c.num_experts_per_tok == 1 and not set_after_build:
+        raise ValueError(
+            "num_experts_per_tok=1: HF Mixtral renormalises its single gate to 1, the course's top-1 rule keeps the "
+            "router probability, and this ModelConfig has no router_renormalize field to ask for HF's rule; convert "
+            "with llmcourse.hf.mixtral.convert(model), which sets it on the layers."
+        )
     return ModelConfig(
         vocab_size=c.vocab_size,
         d_model=c.hidden_size,
@@ -83,39 +145,63 @@ def model_config(hf_config) -> ModelConfig:
         balance_loss_coef=float(c.router_aux_loss_coef),
         router_z_loss_coef=0.0,
         pad_token_id=c.pad_token_id,
+        **extra,
     )
 
 
-def state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The HF weights under the course's names (the stacked expert tensors split per expert)."""
-    c = hf_model.config
-    sd = hf_model.state_dict()
-    F = c.intermediate_size
-    out = {"tok_emb.weight": sd["model.embed_tokens.weight"], "decoder.final_norm.weight": sd["model.norm.weight"]}
-    for i in range(c.num_hidden_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.blocks.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out[f"{dst}attn.{proj}.weight"] = sd[f"{src}self_attn.{proj}.weight"]
-        out[f"{dst}attn_norm.weight"] = sd[f"{src}input_layernorm.weight"]
-        out[f"{dst}ffn_norm.weight"] = sd[f"{src}post_attention_layernorm.weight"]
-        out[f"{dst}ffn.router.gate.weight"] = sd[f"{src}mlp.gate.weight"]  # (E, D)
-        gate_up = sd[f"{src}mlp.experts.gate_up_proj"]  # (E, 2F, D)
-        down = sd[f"{src}mlp.experts.down_proj"]  # (E, D, F)
-        for e in range(c.num_local_experts):
-            out[f"{dst}ffn.experts.{e}.gate_proj.weight"] = gate_up[e, :F]  # (F, D)
-            out[f"{dst}ffn.experts.{e}.up_proj.weight"] = gate_up[e, F:]  # (F, D)
-            out[f"{dst}ffn.experts.{e}.down_proj.weight"] = down[e]  # (D, F)
-    if not c.tie_word_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
+def hf_config(config: ModelConfig) -> dict:
+    """The ``MixtralConfig`` keyword arguments of ``config``; raises ``ValueError`` naming a field Mixtral cannot express."""
+    hd = config.resolved_head_dim
+    require(
+        config, "MixtralForCausalLM", arch="decoder",
+        **{**plain(config), "n_experts": Needs(lambda v: v > 0, "a positive number of experts"),
+           "sliding_window": Needs(lambda v: True, "any")},
+        norm="rmsnorm", norm_placement="pre", final_norm=True, embed_norm=False, parallel_residual=False,
+        position="rope", rope_pairing="half", rotary_dim=Needs(lambda v: v == hd, f"head_dim ({hd})"),
+        ffn=tuple(_HF_ACTIVATIONS), bias=False, router_bias=False, capacity_factor=None, expert_capacity=None,
+        n_shared_experts=0, moe_every=1, moe_offset=0,
+        expert_d_ff=(None, config.resolved_d_ff),
+    )
+    if config.top_k == 1 and getattr(config, "router_renormalize", None) is not True:
+        raise ValueError(
+            "MixtralForCausalLM cannot express top_k=1 with the course's top-1 gate (the router probability): "
+            "HF renormalises the single gate to 1; use top_k >= 2, or router_renormalize=True."
+        )
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.resolved_n_kv_heads,
+        head_dim=hd,
+        intermediate_size=config.resolved_d_ff,
+        num_hidden_layers=config.n_layers,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        hidden_act=_HF_ACTIVATIONS[config.ffn],
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
+        sliding_window=config.sliding_window,
+        num_local_experts=config.n_experts,
+        num_experts_per_tok=config.top_k,
+        router_jitter_noise=config.router_jitter,
+        router_aux_loss_coef=config.balance_loss_coef,
+        tie_word_embeddings=config.tie_embeddings,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+CONVERTER = ExpertsConverter(
+    model_type="mixtral", hf_class="MixtralForCausalLM", hf_config_class="MixtralConfig",
+    model_config=model_config, hf_config=hf_config, rules=RULES, embedding="model.embed_tokens.weight",
+)
 
 
 def convert(hf_model: nn.Module) -> DecoderLM:
-    """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``MixtralForCausalLM``); same logits."""
-    if getattr(hf_model, "lm_head", None) is None:
-        raise ValueError(f"from_hf converts MixtralForCausalLM (model and LM head), got {type(hf_model).__name__}.")
-    model = build_model(model_config(hf_model.config))
-    model.load_state_dict(state_dict(hf_model), strict=True)
+    """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``MixtralForCausalLM``); same logits, any ``k``."""
+    converter = dataclasses.replace(CONVERTER, model_config=functools.partial(model_config, set_after_build=True))
+    model = convert_from_hf(converter, hf_model)
     for layer in moe_layers(model):
         layer.router.renormalize = True  # HF renormalises the top-k gates for every k, k = 1 included
-    return model.eval()
+    return model
+
