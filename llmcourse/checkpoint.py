@@ -164,8 +164,8 @@ def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
     return [f"{k}: checkpoint {da[k]!r}, model {db[k]!r}" for k in sorted(da) if da[k] != db.get(k)]
 
 
-def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
-    """Copy the checkpoint's weights into ``model``, or explain exactly what does not match."""
+def check_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint's weights fit ``model`` (names and shapes); change nothing."""
     own = model.state_dict()
     problems = []
     missing = sorted(set(own) - set(checkpoint.model_state))
@@ -185,6 +185,11 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
             f"checkpoint {str(checkpoint.path)!r} does not fit this model: {'; '.join(problems[:6])}.{hint} "
             "Build the model from the checkpoint's own config (llmcourse.checkpoint.load_model)."
         )
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy the checkpoint's weights into ``model``, or explain exactly what does not match (touching nothing)."""
+    check_weights(model, checkpoint)
     model.load_state_dict(checkpoint.model_state, strict=True)
 
 

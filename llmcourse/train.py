@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from . import auxiliary
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, check_weights, load_checkpoint, load_weights, save_checkpoint
 from .objectives import lm_loss
 from .progress import progress_bar
 
@@ -584,29 +584,94 @@ class Trainer:
             trainer["grad_scaler"] = self.scaler.state_dict()
         return save_checkpoint(path, self.model, tensors=tensors, trainer=trainer, allow_nonfinite=allow_nonfinite)
 
-    def load(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save`, so training continues exactly where it stopped."""
+    def load(self, path: str | Path, config_mismatch: str = "error") -> None:
+        """Restore a checkpoint written by :meth:`save`, so training continues exactly where it stopped.
+
+        The checkpoint's :class:`TrainConfig` must equal this trainer's (``progress``
+        and ``desc`` aside; fields a checkpoint predates count as their defaults):
+        a different ``lr``, ``steps`` or ``batch_size`` silently changes the run,
+        so a difference raises :class:`~llmcourse.checkpoint.CheckpointError`
+        naming the fields. ``config_mismatch="allow"`` accepts them and continues
+        under this trainer's config. Everything (weights' names and shapes,
+        optimizer state, RNG states, history) is checked before anything is
+        changed: a failed load leaves the trainer and its model as they were.
+        """
+        if config_mismatch not in ("error", "allow"):
+            raise ValueError(f"config_mismatch={config_mismatch!r}: use 'error' (the default) or 'allow'.")
+        name = str(path)
         ckpt = load_checkpoint(path)
         if "step" not in ckpt.trainer:
-            raise CheckpointError(f"checkpoint {str(path)!r} holds weights only, no trainer state; load it with load_model.")
-        load_weights(self.model, ckpt)
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in ckpt.tensors.items():
-            if name.startswith("optim."):
-                _, idx, key = name.split(".", 2)
-                state.setdefault(int(idx), {})[key] = value
-        groups = ckpt.trainer["param_groups"]
-        for g in groups:
-            g["betas"] = tuple(g["betas"])
+            raise CheckpointError(f"checkpoint {name!r} holds weights only, no trainer state; load it with load_model.")
+        if config_mismatch == "error":
+            diffs = self._config_differences(ckpt.trainer.get("train_config", {}))
+            if diffs:
+                raise CheckpointError(
+                    f"checkpoint {name!r} was trained with another TrainConfig: {'; '.join(diffs)}. Resume with the "
+                    "checkpoint's settings, or accept the new ones with trainer.load(path, config_mismatch='allow')."
+                )
+        check_weights(self.model, ckpt)
+        optimizer_state = self._checked_optimizer_state(ckpt, name)
+        for key in ("rng.torch", "rng.batches"):
+            if key not in ckpt.tensors:
+                raise CheckpointError(f"checkpoint {name!r} lacks the random state {key!r}; it was not written by Trainer.save.")
+            try:
+                torch.Generator().set_state(ckpt.tensors[key])
+            except (RuntimeError, TypeError) as e:
+                raise CheckpointError(f"checkpoint {name!r}: the random state {key!r} is not a generator state ({e}).") from None
         try:
-            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {str(path)!r}: optimizer state does not fit this model ({e}).") from None
+            history = History.from_dict(ckpt.trainer["history"])
+            step = int(ckpt.trainer["step"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {name!r} has an unreadable step or history ({e}).") from None
+        # everything fits: now change the trainer
+        load_weights(self.model, ckpt)
+        self.optimizer.load_state_dict(optimizer_state)
         self.rng_state = ckpt.tensors["rng.torch"]
         if self.cuda_rng_state is not None and "rng.cuda" in ckpt.tensors:
             self.cuda_rng_state = ckpt.tensors["rng.cuda"]
         self.generator.set_state(ckpt.tensors["rng.batches"])
         if self.scaler is not None and "grad_scaler" in ckpt.trainer:
             self.scaler.load_state_dict(ckpt.trainer["grad_scaler"])
-        self.step = int(ckpt.trainer["step"])
-        self.history = History.from_dict(ckpt.trainer["history"])
+        self.step = step
+        self.history = history
+
+    def _config_differences(self, saved: dict[str, Any]) -> list[str]:
+        ignored = ("progress", "desc")
+        defaults = asdict(TrainConfig())
+        current = asdict(self.cfg)
+        return [
+            f"{k}: checkpoint {saved.get(k, defaults[k])!r}, now {current[k]!r}"
+            for k in current
+            if k not in ignored and saved.get(k, defaults[k]) != current[k]
+        ]
+
+    def _checked_optimizer_state(self, ckpt, name: str) -> dict[str, Any]:
+        """The checkpoint's optimizer state, checked against this optimizer's parameters (nothing is loaded)."""
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in ckpt.tensors.items():
+            if key.startswith("optim."):
+                _, idx, field_name = key.split(".", 2)
+                state.setdefault(int(idx), {})[field_name] = value
+        try:
+            groups = [dict(g) for g in ckpt.trainer["param_groups"]]
+            for g in groups:
+                g["betas"] = tuple(g["betas"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {name!r} has unreadable optimizer settings ({e}).") from None
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        sizes = [len(g["params"]) for g in groups]
+        if sizes != [len(g["params"]) for g in self.optimizer.param_groups]:
+            raise CheckpointError(
+                f"checkpoint {name!r}: optimizer state does not fit this model (parameter groups of sizes {sizes}, "
+                f"the optimizer has {[len(g['params']) for g in self.optimizer.param_groups]})."
+            )
+        for idx, entries in state.items():
+            if not 0 <= idx < len(params):
+                raise CheckpointError(f"checkpoint {name!r}: optimizer state for parameter {idx}, but there are {len(params)}.")
+            for field_name, value in entries.items():
+                if field_name != "step" and value.shape != params[idx].shape:
+                    raise CheckpointError(
+                        f"checkpoint {name!r}: optimizer state optim.{idx}.{field_name} has shape {tuple(value.shape)}, "
+                        f"its parameter {tuple(params[idx].shape)}; the optimizer state does not fit this model."
+                    )
+        return {"state": state, "param_groups": groups}

@@ -482,3 +482,50 @@ def test_two_ranks_with_ddp_train_like_one_process_on_the_global_batch(tiny_conf
         assert r["val"] == pytest.approx(one.val_loss, abs=1e-6)
         for a, b in zip(r["weights"], model.parameters()):
             torch.testing.assert_close(torch.tensor(a), b.detach().reshape(-1), atol=1e-6, rtol=0)
+
+
+# --- loading checks everything first ---------------------------------------------------
+def _saved_run(config, ids, tmp_path, **train):
+    model = build_model(config, seed=0)
+    cfg = TrainConfig(**{**dict(steps=4, batch_size=4, lr=2e-3, warmup_steps=1, eval_every=2, eval_batches=2, progress=False), **train})
+    trainer = Trainer(model, cfg, LMBatches(ids, 4, 32), LMBatches(ids, 4, 32))
+    trainer.train(until=2)
+    return trainer.save(tmp_path / "run.safetensors")
+
+
+def _fresh(config, ids, **train):
+    cfg = TrainConfig(**{**dict(steps=4, batch_size=4, lr=2e-3, warmup_steps=1, eval_every=2, eval_batches=2, progress=False), **train})
+    return Trainer(build_model(config, seed=5), cfg, LMBatches(ids, 4, 32), LMBatches(ids, 4, 32))
+
+
+def test_load_names_the_train_config_fields_that_differ(tiny_config, token_ids, tmp_path):
+    path = _saved_run(tiny_config, token_ids, tmp_path)
+    trainer = _fresh(tiny_config, token_ids, lr=1e-3, steps=8, desc="resumed")  # desc is cosmetic
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(CheckpointError, match=r"steps: checkpoint 4, now 8; lr: checkpoint 0.002, now 0.001\. .*config_mismatch='allow'"):
+        trainer.load(path)
+    assert trainer.step == 0 and all(torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before))
+    trainer.load(path, config_mismatch="allow")
+    assert trainer.step == 2 and trainer.cfg.lr == 1e-3
+    _fresh(tiny_config, token_ids, progress=True, desc="x").load(path)  # nothing that matters differs
+    with pytest.raises(ValueError, match="config_mismatch='ignore'"):
+        trainer.load(path, config_mismatch="ignore")
+
+
+def test_a_failed_load_changes_nothing(tiny_config, token_ids, tmp_path):
+    path = _saved_run(tiny_config, token_ids, tmp_path)
+    ckpt = load_checkpoint(path)
+    tensors = dict(ckpt.tensors)
+    tensors["optim.0.exp_avg"] = torch.zeros(3)  # the weights fit, the optimizer state does not
+    model = build_model(tiny_config, seed=9)
+    bad = save_checkpoint(tmp_path / "bad.safetensors", model, tensors=tensors, trainer=ckpt.trainer)
+    trainer = _fresh(tiny_config, token_ids)
+    trainer.train(until=1)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    rng, moments = trainer.rng_state.clone(), [s["exp_avg"].clone() for s in trainer.optimizer.state.values()]
+    with pytest.raises(CheckpointError, match=r"optim\.0\.exp_avg has shape \(3,\)"):
+        trainer.load(bad)
+    assert trainer.step == 1 and len(trainer.history.step) == 1
+    assert all(torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before))
+    assert torch.equal(trainer.rng_state, rng)
+    assert all(torch.equal(s["exp_avg"], m) for s, m in zip(trainer.optimizer.state.values(), moments))
