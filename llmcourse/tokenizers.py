@@ -124,6 +124,7 @@ class CharTokenizer:
 #: last space of a run to the word after it, so " hello" stays one piece.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _PRETOKENIZE = regex.compile(GPT2_SPLIT_PATTERN)
+_WHITESPACE = regex.compile(r"\s")
 
 
 @lru_cache(maxsize=1)
@@ -587,10 +588,13 @@ def _safe_chunks(chunks: Iterable[str], special_tokens: dict[str, int] | Sequenc
     """Re-cut a stream of text so that no pre-token or special token spans two of the yielded pieces.
 
     A piece ends right after a pre-token that ends in a non-whitespace
-    character and is followed by more text already read: GPT-2's regex has no
-    lookbehind, and its only lookahead, ``\\s+(?!\\S)``, never reaches past
-    such a character, so the pre-tokens before the cut are those of the whole
-    text. Text that could still start a special token is held back too.
+    character and is followed by at least two more characters already read.
+    GPT-2's regex has no lookbehind; its one lookahead, ``\\s+(?!\\S)``, never
+    reaches past a non-whitespace character; and its alternatives are tried
+    in order, not longest first, so ``'`` at the end of what was read could
+    still become ``'ll``: two characters of margin settle every contraction.
+    So the pre-tokens before the cut are those of the whole text. Text that
+    could still start a special token is held back too.
     Tokenizing each piece on its own therefore equals tokenizing the whole.
     """
     specials = list(special_tokens)
@@ -616,7 +620,8 @@ def _safe_chunks(chunks: Iterable[str], special_tokens: dict[str, int] | Sequenc
         cut = start
         for m in _PRETOKENIZE.finditer(buf, start, limit):
             end = m.end()
-            if end < limit and not buf[end - 1].isspace():
+            # two characters of margin: a contraction ("'ll") is decided only 3 characters after its quote
+            if end <= limit - 2 and not _WHITESPACE.match(buf, end - 1):
                 cut = end
         if cut > 0:
             yield buf[:cut]
