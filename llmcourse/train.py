@@ -319,6 +319,8 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={cfg.device!r}, but this machine has no CUDA device; use device='cpu'.")
         self.autocast_dtype = getattr(torch, cfg.autocast_dtype) if cfg.autocast_dtype else None
         self.wrap = wrap
         self.model = model  # moves to the device and wraps (see the property)
@@ -458,8 +460,11 @@ class Trainer:
 
         The loss is the objective's, averaged over micro-batches weighted by their
         share of the rows (exact for losses that average over the same number of
-        tokens in every row, as language modelling on full windows does). The
-        auxiliary losses and statistics of the step are left in
+        tokens in every row, as language modelling on full windows does).
+        Auxiliary losses are computed per micro-batch and averaged the same way
+        (a loss of the whole batch, such as a load-balancing loss, becomes the
+        mean of its micro-batch values). The step's auxiliary losses (averaged
+        over ranks, like the loss) and statistics (this rank's) are left in
         :attr:`last_aux_losses` and :attr:`last_stats`. A non-finite loss, or a
         finite loss with non-finite gradients, raises ``FloatingPointError``
         before anything is applied.
