@@ -182,3 +182,17 @@ def test_gpt2_and_opt_share_a_config_and_the_first_wins():
     ours = build_model(CONFIGS["opt_no_linear_bias"].replace(bias=True, norm_bias=None)).eval()
     assert type(to_hf(ours)).__name__ == "GPT2LMHeadModel"
     assert type(to_hf(ours, "opt")).__name__ == "OPTForCausalLM"
+
+
+def test_a_field_the_hf_config_would_not_carry_is_named():
+    """to_hf reads the HF config back; a converter that drops or changes a field is caught by name."""
+    from llmcourse.hf import converter
+    from llmcourse.hf.base import convert_to_hf
+
+    llama = converter("llama")
+    forgetful = dataclasses.replace(llama, hf_config=lambda c: {**llama.hf_config(c), "rms_norm_eps": 1e-3})
+    with pytest.raises(ValueError, match=r"cannot carry norm_eps=1e-06 \(would read back as 0.001\)"):
+        convert_to_hf(forgetful, _course("llama"))
+    short = dataclasses.replace(llama, hf_config=lambda c: {**llama.hf_config(c), "max_position_embeddings": 16})
+    with pytest.raises(ValueError, match=r"max_seq_len=64 \(would read back as 16\)"):
+        convert_to_hf(short, _course("llama"))

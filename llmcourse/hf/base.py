@@ -66,14 +66,20 @@ CONV1D = Transform("conv1d (transposed weight)", lambda t, cfg: (_conv1d(t),), l
 
 
 def split_fused_qkv(tensor: torch.Tensor, n_heads: int) -> Tensors:
-    """A fused ``(3 D, ...)`` weight or bias grouped per head ``(H, 3, Dh)`` (GPT-NeoX, BLOOM) as q, k, v ``(D, ...)``."""
+    """A fused weight or bias grouped per head as ``(H, 3, Dh)`` (GPT-NeoX, BLOOM), split into queries, keys, values.
+
+    Shapes: ``(3 D, ...) -> 3 x (D, ...)`` with ``D = H * Dh``.
+    """
     rest = tensor.shape[1:]
     per_head = tensor.reshape(n_heads, 3, -1, *rest)  # (H, 3, Dh, ...)
     return tuple(per_head[:, j].reshape(-1, *rest) for j in range(3))  # each (H * Dh, ...)
 
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """The inverse of :func:`split_fused_qkv`: three ``(D, ...)`` tensors -> ``(3 D, ...)`` grouped ``(H, 3, Dh)``."""
+    """The inverse of :func:`split_fused_qkv`: three projections fused and grouped per head ``(H, 3, Dh)``.
+
+    Shapes: ``3 x (D, ...) -> (3 D, ...)``.
+    """
     rest = q.shape[1:]
     heads = [t.reshape(n_heads, 1, -1, *rest) for t in (q, k, v)]  # each (H, 1, Dh, ...)
     return torch.cat(heads, dim=1).reshape(-1, *rest)  # (H * 3 * Dh, ...)
@@ -394,12 +400,68 @@ def convert_from_hf(converter: Converter, hf_model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+# Fields that do not change what a trained model computes in eval mode, or that HF keeps elsewhere.
+_NOT_ARCHITECTURE = {
+    "dropout", "init_std", "scaled_residual_init", "fused_kernels", "attn_impl", "extra", "pad_token_id",
+    "router_jitter", "balance_loss_coef", "router_z_loss_coef", "moe_dispatch",
+}
+# Fields that only matter for some values of another field.
+_ONLY_WHEN = {
+    "rope_theta": ("position", "rope"), "rope_pairing": ("position", "rope"), "rotary_dim": ("position", "rope"),
+    "rel_num_buckets": ("position", "t5"), "rel_max_distance": ("position", "t5"),
+    "sinusoidal_scale": ("position", "sinusoidal"), "decoder_start_token_id": ("arch", "encoder_decoder"),
+    "n_encoder_layers": ("arch", "encoder_decoder"), "share_embeddings": ("arch", "encoder_decoder"),
+    "attn_block": ("attn_pattern", "not full"), "attn_global_blocks": ("attn_pattern", "not full"),
+    "attn_random_blocks": ("attn_pattern", "not full"), "performer_features": ("attn_impl", "performer"),
+}
+
+
+def effective_fields(config: ModelConfig) -> dict[str, Any]:
+    """The fields of ``config`` that decide what the model computes, with derived defaults filled in."""
+    out = {}
+    for f in dataclasses.fields(config):
+        name = f.name
+        if name in _NOT_ARCHITECTURE or name.startswith(("router_", "capacity_", "expert_", "moe_")) and not config.n_experts:
+            continue
+        if name in _ONLY_WHEN:
+            other, value = _ONLY_WHEN[name]
+            current = getattr(config, other)
+            if (current == "full") if value == "not full" else (current != value):
+                continue
+        value = _resolved(config, name)
+        out[name] = round(value, 9) if isinstance(value, float) else value
+    return out
+
+
+def check_round_trip(converter: Converter, config: ModelConfig, hf_config: Any) -> None:
+    """Raise ``ValueError`` naming every field of ``config`` that ``hf_config`` would not carry.
+
+    The HF config is read back with ``converter.model_config``; a field that
+    comes back different (a course option the HF class has no setting for, a
+    field newer than this converter) would make the HF model compute something
+    else. Tying is left out: the weights decide it.
+    """
+    back = dataclasses.replace(converter.model_config(hf_config), tie_embeddings=config.tie_embeddings)
+    ours, theirs = effective_fields(config), effective_fields(back)
+    lost = [f"{k}={ours[k]!r} (would read back as {theirs.get(k)!r})" for k in ours if theirs.get(k) != ours[k]]
+    if lost:
+        raise ValueError(
+            f"{converter.hf_class} cannot carry {', '.join(lost)}; the HF model would compute something else. "
+            "Change those fields, or pick another model_type."
+        )
+
+
 def convert_to_hf(converter: Converter, model: nn.Module) -> nn.Module:
-    """The ``transformers`` model (``converter.hf_class``) with the weights of the course ``model``."""
+    """The ``transformers`` model (``converter.hf_class``) with the weights of the course ``model``.
+
+    Checks first that the HF config reads back as ``model.config`` (:func:`check_round_trip`),
+    then maps the weights with the converter's rules read backwards and loads them strictly.
+    """
     import transformers
 
     config = model.config
     hf_config = getattr(transformers, converter.hf_config_class)(**converter.hf_config(config))
+    check_round_trip(converter, config, hf_config)
     hf_model = getattr(transformers, converter.hf_class)(hf_config)
     if not config.tie_embeddings:
         head_module, _, attr = converter.head.rpartition(".")
