@@ -115,3 +115,13 @@ def test_unknown_model_type_names_the_supported_ones():
                                           num_attention_heads=4, num_key_value_heads=2))
     with pytest.raises(ValueError, match=r"model_type='mistral' is not supported; .*gpt2.*llama"):
         from_hf(hf)
+
+
+def test_name_map_is_readable_data():
+    """A reader can print a family's map: the untied head appears only when the config unties it."""
+    conv = converter("gpt2")
+    tied = conv.name_map(ModelConfig(tie_embeddings=True))
+    assert ("transformer.h.{i}.attn.c_attn.{p}", ("decoder.blocks.{i}.attn.q_proj.{p}", "decoder.blocks.{i}.attn.k_proj.{p}",
+            "decoder.blocks.{i}.attn.v_proj.{p}"), QKV_THIRDS_CONV1D.name) in tied
+    assert all(hf != "lm_head.weight" for hf, _, _ in tied)
+    assert ("lm_head.weight", ("lm_head.weight",), "identity") in conv.name_map(ModelConfig(tie_embeddings=False))

@@ -18,7 +18,8 @@ A :class:`Converter` describes a ``transformers`` family as data:
 :func:`course_state_dict` and :func:`hf_state_dict` apply the rules one way or
 the other, and fail with the full list of names when a tensor is left over or
 missing, so a wrong rule never loads silently. The same rules, read backwards,
-are what :func:`llmcourse.hf.to_hf` uses.
+are what :func:`llmcourse.hf.to_hf` uses, once :func:`check_round_trip` has read the
+HF config back and found every field that decides the model intact.
 
 Placeholders in templates: ``{i}`` is a layer number, ``{p}`` is ``weight`` or
 ``bias``, ``{name:a|b|c}`` is one of the listed words; a placeholder carries its
