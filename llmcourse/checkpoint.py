@@ -183,7 +183,7 @@ def check_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
         hint = f" Config fields that differ: {'; '.join(diffs)}." if diffs else ""
         raise CheckpointError(
             f"checkpoint {str(checkpoint.path)!r} does not fit this model: {'; '.join(problems[:6])}.{hint} "
-            "Build the model from the checkpoint's own config (llmcourse.checkpoint.load_model)."
+            "Build the model from the checkpoint's own config (llmcourse.models.load_model)."
         )
 
 
@@ -191,13 +191,3 @@ def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
     """Copy the checkpoint's weights into ``model``, or explain exactly what does not match (touching nothing)."""
     check_weights(model, checkpoint)
     model.load_state_dict(checkpoint.model_state, strict=True)
-
-
-def load_model(path: str | Path) -> nn.Module:
-    """Build the model a checkpoint describes and load its weights."""
-    from .models import build_model  # models sit above checkpoints in the import ladder
-
-    ckpt = load_checkpoint(path)
-    model = build_model(ckpt.config)
-    load_weights(model, ckpt)
-    return model

@@ -606,7 +606,7 @@ class Trainer:
         name = str(path)
         ckpt = load_checkpoint(path)
         if "step" not in ckpt.trainer:
-            raise CheckpointError(f"checkpoint {name!r} holds weights only, no trainer state; load it with load_model.")
+            raise CheckpointError(f"checkpoint {name!r} holds weights only, no trainer state; load it with llmcourse.models.load_model.")
         if config_mismatch == "error":
             diffs = self._config_differences(ckpt.trainer.get("train_config", {}))
             if diffs:

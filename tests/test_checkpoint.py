@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from llmcourse import build_model
-from llmcourse.checkpoint import CheckpointError, load_checkpoint, load_model, load_weights, save_checkpoint
+from llmcourse.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from llmcourse.models import load_model
 
 
 def _ids(config):
