@@ -377,3 +377,24 @@ def test_moe_decoder_cached_decoding_equals_full_forward_without_capacity():
         cache = model.new_cache()
         steps = [model(ids[:, :4], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+def test_moe_benchmark_quick_mode_reports_ratios_and_linear_memory(capsys):
+    from llmcourse.benchmarks.__main__ import main
+
+    assert main(["moe", "--quick", "--tokens", "512"]) == 0  # memory at 1k, 2k, 4k tokens
+    out = capsys.readouterr().out
+    ratios = out.split("time ratios (same run)")[1].splitlines()[1:4]
+    names = [line.rsplit(None, 1)[0] if "goal" not in line else line.split("   (goal")[0].rsplit(None, 1)[0]
+             for line in ratios]
+    assert names == ["sorted / dense", "reference / dense", "sorted / reference"]
+    assert all(float(line.split()[3]) > 0 for line in ratios)
+    params = out.split("parameters (total, active per token)")[1].splitlines()[1:4]
+    counts = {line.split()[0]: [int(v.replace(",", "")) for v in line.split()[1:]] for line in params}
+    # the dense layer has the MoE layer's active parameters less its router (D x E)
+    assert counts["sorted"][1] - counts["dense"][1] == 256 * 8 and counts["sorted"] == counts["reference"]
+    memory = out.split("peak tensor memory of one step (MiB)")[1].splitlines()[2:5]
+    exponents = {line.split()[0]: float(line.split()[-2]) for line in memory}
+    assert set(exponents) == {"dense", "sorted", "reference"}
+    assert all(abs(p - 1.0) < 0.15 for p in exponents.values())  # memory linear in tokens

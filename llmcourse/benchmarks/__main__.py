@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "train": "llmcourse.benchmarks.train",
     "attention": "llmcourse.benchmarks.attention",
+    "moe": "llmcourse.benchmarks.moe",
 }
 
 
