@@ -113,7 +113,7 @@ def test_unknown_model_type_names_the_supported_ones():
 
     hf = MistralForCausalLM(MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                           num_attention_heads=4, num_key_value_heads=2))
-    with pytest.raises(ValueError, match=r"model_type='mistral' is not supported; .*gpt2.*llama"):
+    with pytest.raises(ValueError, match=r"does not know model_type='mistral'; .*gpt2.*llama"):
         from_hf(hf)
 
 

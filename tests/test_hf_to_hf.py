@@ -171,7 +171,7 @@ def test_a_config_no_hf_class_expresses_names_its_field():
     prefix = build_model(CONFIGS["llama"].replace(mask="prefix"))
     with pytest.raises(ValueError, match="LlamaForCausalLM cannot express mask='prefix'"):
         to_hf(prefix, "llama")
-    with pytest.raises(ValueError, match="model_type='mistral' is not supported"):
+    with pytest.raises(ValueError, match="does not know model_type='mistral'"):
         to_hf(gpt2_like, "mistral")
     with pytest.raises(ValueError, match="llmcourse model"):
         to_hf(torch.nn.Linear(2, 2))

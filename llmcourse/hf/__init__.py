@@ -42,7 +42,7 @@ CONVERTERS: dict[str, str] = {
 def _module(model_type: str):
     if model_type not in CONVERTERS:
         raise ValueError(
-            f"model_type={model_type!r} is not supported; llmcourse.hf converts {', '.join(sorted(CONVERTERS))}."
+            f"llmcourse.hf does not know model_type={model_type!r}; it converts {', '.join(sorted(CONVERTERS))}."
         )
     return importlib.import_module(f".{CONVERTERS[model_type]}", __name__)
 
