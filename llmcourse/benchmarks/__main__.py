@@ -10,6 +10,7 @@ BENCHMARKS = {
     "train": "llmcourse.benchmarks.train",
     "attention": "llmcourse.benchmarks.attention",
     "moe": "llmcourse.benchmarks.moe",
+    "tokenizer": "llmcourse.benchmarks.tokenizer",
 }
 
 
