@@ -398,3 +398,23 @@ def test_moe_benchmark_quick_mode_reports_ratios_and_linear_memory(capsys):
     exponents = {line.split()[0]: float(line.split()[-2]) for line in memory}
     assert set(exponents) == {"dense", "sorted", "reference"}
     assert all(abs(p - 1.0) < 0.15 for p in exponents.values())  # memory linear in tokens
+
+
+def test_trainer_trains_the_router_with_the_balance_loss(tokenizer, token_ids):
+    from llmcourse import LMBatches, TrainConfig, Trainer
+
+    def run(coef: float):
+        cfg = _moe_config(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4, max_seq_len=32, d_ff=32, top_k=1,
+                          capacity_factor=1.0, router_bias=True, balance_loss_coef=coef)
+        model = build_model(cfg, seed=0)
+        for layer in moe_layers(model):  # a collapsed router: every token to expert 0, 3/4 of them dropped
+            with torch.no_grad():
+                layer.router.gate.bias.copy_(torch.tensor([2.0, 0.0, 0.0, 0.0]))
+        tc = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup_steps=2, eval_every=100, eval_batches=1, progress=False)
+        return Trainer(model, tc, LMBatches(token_ids, 4, 32), LMBatches(token_ids, 4, 32)).train()
+
+    without, with_balance = run(0.0), run(1.0)
+    assert with_balance.stats["moe.load"][0] == [1.0, 0.0, 0.0, 0.0] and with_balance.stats["moe.dropped"][0] == 0.75
+    assert "moe.balance" not in without.aux_losses and len(with_balance.aux_losses["moe.balance"]) == 20
+    assert without.stats["moe.dropped"][-1] == 0.75  # the language-modelling loss alone leaves it collapsed
+    assert with_balance.stats["moe.dropped"][-1] < 0.65  # the balance loss spreads the tokens
