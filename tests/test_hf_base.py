@@ -125,3 +125,22 @@ def test_name_map_is_readable_data():
             "decoder.blocks.{i}.attn.v_proj.{p}"), QKV_THIRDS_CONV1D.name) in tied
     assert all(hf != "lm_head.weight" for hf, _, _ in tied)
     assert ("lm_head.weight", ("lm_head.weight",), "identity") in conv.name_map(ModelConfig(tie_embeddings=False))
+
+
+def test_tying_is_read_from_the_weights():
+    """An untied GPT-2 converts untied; a head with its own values is untied whatever the config says."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=97, n_positions=16, n_embd=32, n_layer=1, n_head=2,
+                                      tie_word_embeddings=False)).eval()
+    assert gpt2.lm_head.weight is not gpt2.transformer.wte.weight
+    ours = from_hf(gpt2)
+    assert not ours.config.tie_embeddings
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), gpt2(ids).logits, atol=1e-5, rtol=0)
+    llama = _llama()
+    llama.config.tie_word_embeddings = True  # says tied, but the head holds other values
+    assert not from_hf(llama).config.tie_embeddings
+    llama.lm_head.weight = llama.model.embed_tokens.weight  # tied for real
+    assert from_hf(llama).config.tie_embeddings
