@@ -5,7 +5,7 @@ special tokens, such as padding or T5's sentinels, to ids after the characters).
 It round-trips any text made of its characters: ``decode(encode(s)) == s``.
 
 :class:`BPETokenizer` is GPT-2's byte-level byte-pair encoding
-{cite}`sennrich2016bpe,radford2019language`. Text is UTF-8 bytes, so every
+(Sennrich et al. 2016; Radford et al. 2019). Text is UTF-8 bytes, so every
 string is encodable and nothing is ever unknown. Training starts from the 256
 single bytes and repeatedly fuses the most frequent adjacent pair into a new
 token::
@@ -35,12 +35,20 @@ import argparse
 import heapq
 import json
 import sys
+import warnings
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import regex
+
+_argv = getattr(sys, "orig_argv", [])
+if "-m" in _argv and _argv[_argv.index("-m") + 1 : _argv.index("-m") + 2] == [__name__]:
+    # `python -m llmcourse.tokenizers`: the package imports this module before runpy runs it again as
+    # __main__, and runpy warns that the module is already imported. It is harmless here (the command
+    # below calls this module's main, one copy of every class), so spare the reader the warning.
+    warnings.filterwarnings("ignore", message=f"'{__name__}' found in sys.modules", category=RuntimeWarning)
 
 
 class CharTokenizer:
@@ -503,16 +511,17 @@ class BPETokenizer:
             if table.get(s, i) != i:
                 raise ValueError(f"special token {s!r} has id {i} in special_tokens.json but {table[s]} in vocab.json.")
         vocab = {i: _text_to_token(t, "vocab.json") for t, i in table.items() if t not in specials}
-        lines = merges_path.read_text(encoding="utf-8").split("\n")
-        if lines and lines[0].startswith("#version"):
-            lines = lines[1:]
+        try:
+            lines = merges_path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"merges.txt in {str(directory)!r} is not UTF-8 text ({e.reason} at byte {e.start}); re-save the tokenizer.") from None
         merges = []
-        for n, line in enumerate(lines):
-            if not line:
+        for n, line in enumerate(lines, start=1):
+            if not line or (n == 1 and line.startswith("#version")):
                 continue
             parts = line.split(" ")
             if len(parts) != 2:
-                raise ValueError(f"merges.txt line {n + 2 if lines else n + 1} is {line!r}; each line must be two tokens separated by one space.")
+                raise ValueError(f"merges.txt line {n} is {line!r}; each line must be two tokens separated by one space.")
             merges.append((_text_to_token(parts[0], "merges.txt"), _text_to_token(parts[1], "merges.txt")))
         return cls(vocab, merges, specials)
 

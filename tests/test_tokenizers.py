@@ -443,4 +443,5 @@ def test_module_runs_as_a_command(tmp_path):
     run = subprocess.run([sys.executable, "-m", "llmcourse.tokenizers", "train", "--vocab-size", "280", "--out", str(tmp_path / "t"), str(corpus)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+    assert run.stderr == ""  # no runpy warning about the module being imported by the package first
     assert (tmp_path / "t" / "merges.txt").read_text(encoding="utf-8").count("\n") == 1 + 24
