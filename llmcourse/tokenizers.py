@@ -450,11 +450,14 @@ class BPETokenizer:
     # -- files -------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``vocab.json`` and ``merges.txt`` (GPT-2's format) and ``special_tokens.json`` into ``directory``.
+        """Write ``vocab.json`` and ``merges.txt`` (GPT-2's format), ``special_tokens.json`` and ``tokenizer_config.json``.
 
         Special tokens are also in ``vocab.json`` under their own text, as in
         GPT-2's file (``"<|endoftext|>": 50256``), so a loader that knows
         nothing of ``special_tokens.json`` still finds their ids.
+        ``special_tokens.json`` (text -> id) is what :meth:`load` reads;
+        ``tokenizer_config.json`` tells ``transformers`` the same, so
+        ``AutoTokenizer.from_pretrained(directory)`` treats them as special too.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -470,13 +473,32 @@ class BPETokenizer:
             json.dumps(dict(sorted(self.special_tokens.items(), key=lambda kv: kv[1])), ensure_ascii=False, indent=1) + "\n",
             encoding="utf-8",
         )
+        (directory / "tokenizer_config.json").write_text(json.dumps(self._hf_config(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         return directory
+
+    def _hf_config(self) -> dict:
+        """``transformers``' description: GPT-2's tokenizer class, no prefix space, the special tokens."""
+        eot = "<|endoftext|>" if "<|endoftext|>" in self.special_tokens else None
+        return {
+            "tokenizer_class": "GPT2Tokenizer",
+            "add_prefix_space": False,
+            # GPT2Tokenizer's defaults are "<|endoftext|>"; None stops it adding that token when we lack it
+            "bos_token": eot,
+            "eos_token": eot,
+            "unk_token": eot,
+            "added_tokens_decoder": {
+                str(i): {"content": s, "special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+                for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
+            },
+        }
 
     @classmethod
     def load(cls, directory: str | Path, special_tokens: Sequence[str] = ()) -> "BPETokenizer":
         """Read ``vocab.json`` + ``merges.txt`` written by :meth:`save`, GPT-2, or Hugging Face ``tokenizers``.
 
-        Special tokens come from ``special_tokens.json`` if present, plus any
+        Special tokens come from ``special_tokens.json`` if present (else from
+        the special entries of a ``tokenizer_config.json``'s
+        ``added_tokens_decoder``, as ``transformers`` 4 wrote it), plus any
         listed in ``special_tokens`` (they must be in ``vocab.json``; e.g.
         ``["<|endoftext|>"]`` for GPT-2's own files).
         """
@@ -503,6 +525,13 @@ class BPETokenizer:
             if not isinstance(saved, dict) or not all(isinstance(i, int) for i in saved.values()):
                 raise ValueError(f"special_tokens.json in {str(directory)!r} must map each special token to its integer id.")
             specials.update(saved)
+        elif (directory / "tokenizer_config.json").is_file():
+            try:
+                config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+                added = config.get("added_tokens_decoder", {}) if isinstance(config, dict) else {}
+                specials.update({t["content"]: int(i) for i, t in added.items() if t.get("special") and t["content"] in table})
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"tokenizer_config.json in {str(directory)!r} is not a valid transformers config ({e!r}).") from None
         for s in special_tokens:
             if s not in table:
                 raise ValueError(f"special token {s!r} is not in vocab.json of {str(directory)!r}; check its spelling.")

@@ -221,9 +221,26 @@ def test_transformers_gpt2_tokenizer_loads_the_files(tmp_path, bpe):
     # GPT-2's tokenizer class registers "<|endoftext|>" (its unk/bos/eos) as special and finds its id in vocab.json
     hf = transformers.GPT2TokenizerFast(vocab=str(tmp_path / "vocab.json"), merges=str(tmp_path / "merges.txt"))
     assert hf(text, add_special_tokens=False)["input_ids"] == bpe.encode(text)
-    hf = transformers.GPT2TokenizerFast.from_pretrained(str(tmp_path))
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))  # reads tokenizer_config.json: both specials
+    assert isinstance(hf, transformers.GPT2TokenizerFast) and len(hf) == bpe.vocab_size
+    text += "<|pad|><|pad|>x"
     assert hf(text, add_special_tokens=False)["input_ids"] == bpe.encode(text)
     assert hf.decode(bpe.encode(text)) == text
+    assert hf.pad_token is None and hf.eos_token == "<|endoftext|>"
+    # without "<|endoftext|>", transformers must not invent it (its GPT-2 default)
+    pad_only = BPETokenizer(bpe.vocab, bpe.merges, ["<|pad|>"])
+    pad_only.save(tmp_path / "pad_only")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "pad_only"))
+    assert len(hf) == pad_only.vocab_size and hf(text, add_special_tokens=False)["input_ids"] == pad_only.encode(text)
+
+
+def test_specials_are_read_from_a_transformers_config_when_special_tokens_json_is_absent(tmp_path, bpe):
+    bpe.save(tmp_path)
+    (tmp_path / "special_tokens.json").unlink()
+    assert BPETokenizer.load(tmp_path).special_tokens == bpe.special_tokens
+    (tmp_path / "tokenizer_config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="tokenizer_config.json .* is not a valid transformers config"):
+        BPETokenizer.load(tmp_path)
 
 
 def test_course_loads_files_written_by_hugging_face(tmp_path, shakespeare_slice):
@@ -356,7 +373,7 @@ def test_encode_iterable_holds_back_little(bpe, tmp_path):
 
 def test_save_load_round_trip(tmp_path, bpe):
     bpe.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["merges.txt", "special_tokens.json", "vocab.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merges.txt", "special_tokens.json", "tokenizer_config.json", "vocab.json"]
     assert (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()[0] == "#version: 0.2"
     again = BPETokenizer.load(tmp_path)
     assert again.vocab == bpe.vocab and again.merges == bpe.merges and again.special_tokens == bpe.special_tokens
@@ -387,6 +404,7 @@ def test_corrupt_or_missing_files_are_clear_errors(tmp_path, bpe):
     with pytest.raises(ValueError, match="'<mask>' is not in vocab.json"):
         BPETokenizer.load(tmp_path, special_tokens=["<mask>"])
     (tmp_path / "special_tokens.json").unlink()  # then "<|pad|>" in vocab.json reads as the bytes b"<|pad|>"
+    (tmp_path / "tokenizer_config.json").unlink()
     assert BPETokenizer.load(tmp_path).encode("<|pad|>") != [bpe.special_id("<|pad|>")]
     (tmp_path / "vocab.json").write_text(vocab.replace('"<|pad|>"', '"<pad> token"'), encoding="utf-8")
     with pytest.raises(ValueError, match="' ', which is not in GPT-2's byte-level alphabet.*special_tokens"):
