@@ -27,6 +27,17 @@ is ``"Ċ"``; the 188 printable bytes stand for themselves), so id ``b < 256``
 is written as ``bytes_to_unicode()[b]``. GPT-2's own file orders its first 256
 ids differently (the printable bytes first: id 0 is ``"!"``), which is why a
 loaded tokenizer keeps the ids of its file and never assumes ``id == byte``.
+
+Hugging Face's ``BpeTrainer`` runs the same algorithm but gives ties to the
+pair of *smaller ids* (its ids sort the byte alphabet by GPT-2 character), so
+its merges equal the course's up to the first tie between equally frequent
+pairs; encodings through the same files are equal always (both checked in
+``tests/test_tokenizers.py``).
+
+Command line::
+
+    python -m llmcourse.tokenizers train --vocab-size 4096 --special-tokens '<|endoftext|>' --out tok/ corpus.txt
+    python -m llmcourse.tokenizers encode --tokenizer tok/ text.txt   # ids of each line, one line each
 """
 
 from __future__ import annotations
@@ -306,7 +317,9 @@ class BPETokenizer:
                 counting (never merged with their neighbours) and get the last ids.
         """
         special_tokens = list(special_tokens)
-        if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise ValueError(f"vocab_size must be an integer, not {vocab_size!r}.")
+        if vocab_size < 256 + len(special_tokens):
             raise ValueError(
                 f"vocab_size={vocab_size} is too small: a byte-level BPE needs 256 byte tokens + {len(special_tokens)} "
                 f"special tokens = {256 + len(special_tokens)} ids before its first merge; raise vocab_size."

@@ -214,6 +214,19 @@ def test_encodings_equal_hugging_face_through_saved_files(tmp_path, bpe, text):
     assert bpe.decode(bpe.encode(text)) == text == hf.decode(bpe.encode(text))
 
 
+def test_runs_of_one_symbol_merge_left_to_right_like_hugging_face(tmp_path):
+    """Overlapping pairs ("aaa" holds (a, a) twice) are the case where merge order matters."""
+    tok = BPETokenizer.train("aaaa aaaaa aaa zzzzzzz !!!! 1111111      x\n\n\n\n" * 3, 290)
+    assert (b"a", b"a") in tok.merges and (b"aa", b"aa") in tok.merges
+    tok.save(tmp_path)
+    hf = hf_from_files(tmp_path)
+    for n in range(1, 12):
+        for ch in "az!1 \n":
+            text = ch * n + " " + ch * (n + 1) + "x" + ch * n
+            assert tok.encode(text) == hf.encode(text).ids, repr(text)
+            assert tok.decode(tok.encode(text)) == text
+
+
 def test_transformers_gpt2_tokenizer_loads_the_files(tmp_path, bpe):
     transformers = pytest.importorskip("transformers")
     bpe.save(tmp_path)
@@ -300,6 +313,8 @@ def test_unknown_special_and_bad_vocab_sizes_are_clear_errors(bpe):
         BPETokenizer.train("hello", 257, special_tokens=["<a>", "<b>"])
     with pytest.raises(ValueError, match="distinct"):
         BPETokenizer.train("hello", 300, special_tokens=["<a>", "<a>"])
+    with pytest.raises(ValueError, match="vocab_size must be an integer"):
+        BPETokenizer.train("hello", 300.0)
     with pytest.raises(ValueError, match="spelled like a regular token"):
         BPETokenizer.train("hello", 300, special_tokens=["!"])
     with pytest.raises(ValueError, match="token id 10000 is not in this tokenizer's vocabulary"):
