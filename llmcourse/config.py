@@ -34,6 +34,7 @@ ROPE_PAIRINGS = ("half", "interleaved")
 ATTN_IMPLS = tuple(KERNELS)  # the kernel registry (llmcourse.kernels) is the one list
 ATTN_PATTERNS = ("full", "strided", "fixed", "bigbird", "window")
 MOE_DISPATCHES = ("sorted", "reference")
+MOE_CAPACITY_SCOPES = ("batch", "sequence")
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ class ModelConfig:
     moe_every: int = 1  # layer i is MoE when i >= moe_offset and (i - moe_offset) % moe_every == 0
     moe_offset: int = 0
     moe_dispatch: str = "sorted"  # sorted (grouped by expert) | reference (loop over experts with masks)
+    moe_capacity_scope: str = "batch"  # tokens competing for capacity: all B*T ("batch") | each row (HF Switch)
+    router_renormalize: bool | None = None  # None: renormalise top-k gates when k > 1; True: always (Mixtral)
     # --- special tokens (encoder-decoder and padding) ---------------------
     pad_token_id: int | None = None
     decoder_start_token_id: int = 0
@@ -284,6 +287,9 @@ class ModelConfig:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0.")
         _choice("moe_dispatch", self.moe_dispatch, MOE_DISPATCHES)
+        _choice("moe_capacity_scope", self.moe_capacity_scope, MOE_CAPACITY_SCOPES)
+        if self.router_renormalize not in (None, True, False):
+            raise ValueError(f"router_renormalize={self.router_renormalize!r} must be None, True or False.")
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether block ``layer`` (0-based) has a mixture of experts in its feed-forward slot."""
