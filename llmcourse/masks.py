@@ -86,14 +86,47 @@ def bidirectional_bias(S: int, device=None) -> torch.Tensor:
     return torch.zeros(1, 1, 1, S, device=device)
 
 
+def check_attention_mask(attention_mask: torch.Tensor, name: str = "attention_mask", *, every_row_real: bool = False) -> torch.Tensor:
+    """Validate a ``(B, S)`` padding mask and return it as bool (True for real tokens).
+
+    The course's convention is Hugging Face's *input* mask: bool, or integers or
+    floats holding only 1 (real token) and 0 (padding). Anything else is refused
+    rather than guessed: an additive mask (0 keep, a large negative number for
+    padding, as inside Hugging Face models) read with ``.bool()`` would be
+    silently inverted. ``every_row_real`` also refuses an example with no real
+    token at all (an additive mask without padding is all zeros, which would read
+    as "everything is padding").
+    """
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, S) with 1 for real tokens and 0 for padding, "
+                        f"got {type(attention_mask).__name__}.")
+    if attention_mask.dim() != 2:
+        raise ValueError(f"{name} must be (B, S) with 1 for real tokens, got shape {tuple(attention_mask.shape)}.")
+    if attention_mask.dtype != torch.bool:
+        if attention_mask.is_complex() or bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+            raise ValueError(
+                f"{name} must be bool or hold only 1 (real token) and 0 (padding); it holds {bad.flatten()[0].item()!r}. "
+                "An additive mask (0 to keep, a large negative number for padding, as inside Hugging Face models) "
+                f"is the opposite convention: pass {name}=(additive_mask == 0) instead."
+            )
+        attention_mask = attention_mask != 0
+    if every_row_real and attention_mask.numel() and not bool(attention_mask.any(-1).all()):
+        rows = (~attention_mask.any(-1)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{name} has no real token in row(s) {rows} (all 0): 1 marks real tokens and 0 padding. "
+            f"If this is an additive mask without padding (all zeros), pass {name}=torch.ones_like(...) or None."
+        )
+    return attention_mask
+
+
 def padding_bias(attention_mask: torch.Tensor) -> torch.Tensor:
     """Hide padded keys. ``attention_mask`` is ``(B, S)``, 1/True for real tokens, 0/False for padding.
 
-    Shapes: returns ``(B, 1, 1, S)``, broadcasting over heads and queries.
+    Any other value is refused (see :func:`check_attention_mask`). Shapes: returns
+    ``(B, 1, 1, S)``, broadcasting over heads and queries.
     """
-    if attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be (B, S) with 1 for real tokens, got shape {tuple(attention_mask.shape)}.")
-    return allowed_to_bias(attention_mask.bool())[:, None, None, :]
+    return allowed_to_bias(check_attention_mask(attention_mask))[:, None, None, :]
 
 
 def combine(*biases: torch.Tensor | None) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ from torch import nn
 from .blocks import Block, LayerCache, init_weights
 from .checkpoint import load_checkpoint, load_weights
 from .config import ModelConfig
-from .masks import Pattern, combine, padding_bias, prefix_bias
+from .masks import Pattern, check_attention_mask, combine, padding_bias, prefix_bias
 from .norms import make_norm
 from .positions import build_positions
 
@@ -205,6 +205,8 @@ class DecoderLM(_LMHead):
                 f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, S) = {(B, offset + T)} "
                 "(one entry per token, cached tokens included)."
             )
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, every_row_real=True)
         h = self.tok_emb(input_ids)  # (B, T, D)
         h = self.decoder(
             h, offset=offset, position_ids=position_ids, bias=bias, key_mask=attention_mask, causal=causal, caches=cache
@@ -254,6 +256,8 @@ class EncoderDecoderLM(_LMHead):
         _check_length(input_ids.shape[1], self.config, extrapolate, "input_ids")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they must match.")
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, every_row_real=True)
         return self.encoder(self.tok_emb(input_ids), position_ids=position_ids, key_mask=attention_mask, causal=False)
 
     def decode(
@@ -282,6 +286,8 @@ class EncoderDecoderLM(_LMHead):
                 f"attention_mask has shape {tuple(attention_mask.shape)} but the encoder output covers "
                 f"{tuple(memory.shape[:2])} (B, S) source positions; pass the mask the source was encoded with."
             )
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, every_row_real=True)
         context_bias = padding_bias(attention_mask) if attention_mask is not None else None
         h = self.decoder(
             self.decoder_embedding(decoder_input_ids), offset=offset, position_ids=position_ids, causal=True,

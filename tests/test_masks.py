@@ -116,3 +116,39 @@ def test_masked_weights_are_exactly_zero_and_rows_never_nan():
     k2[0, :, 2:], v2[0, :, 2:] = 5.0, 5.0
     out2 = explicit_attention(q, k2, v2, bias=bias, scale=8**-0.5)
     torch.testing.assert_close(out2[0], out[0], atol=0, rtol=0)
+
+
+def test_padding_mask_accepts_bool_and_zero_one_and_refuses_additive_masks():
+    """Issue 18 item 3: a Hugging Face additive mask (0 keep, very negative pad) was read with .bool() and inverted."""
+    keep = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    expected = padding_bias(keep.bool())
+    for mask in (keep, keep.float(), keep.to(torch.uint8)):
+        assert torch.equal(padding_bias(mask), expected)
+    additive = (1 - keep.float()) * -1e9
+    for bad in (additive, (1 - keep.float()) * float("-inf"), keep * 2, keep.float() * float("nan")):
+        with pytest.raises(ValueError, match=r"attention_mask.*only 1 \(real token\) and 0 \(padding\).*additive_mask == 0"):
+            padding_bias(bad)
+    with pytest.raises(TypeError, match="attention_mask must be a torch.Tensor"):
+        padding_bias([[1, 0]])
+
+
+def test_models_refuse_additive_and_all_padding_masks():
+    from llmcourse import ModelConfig, build_model
+
+    ids = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(0))
+    no_padding_additive = torch.zeros(2, 5)  # Hugging Face's additive mask without padding
+    dec = build_model(ModelConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, max_seq_len=8), seed=0)
+    with pytest.raises(ValueError, match=r"attention_mask has no real token in row\(s\) \[0, 1\]"):
+        dec(ids, attention_mask=no_padding_additive)
+    with pytest.raises(ValueError, match="additive_mask == 0"):
+        dec(ids, attention_mask=torch.tensor([[0.0, 0, 0, 0, 0], [-1e9, 0, 0, 0, 0]]))
+    ok = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+    torch.testing.assert_close(dec(ids, attention_mask=ok.float()), dec(ids, attention_mask=ok.bool()), atol=0, rtol=0)
+    s2s = build_model(ModelConfig(arch="encoder_decoder", vocab_size=11, d_model=16, n_heads=2, n_layers=1, max_seq_len=8), seed=0)
+    with pytest.raises(ValueError, match="no real token"):
+        s2s.encode(ids, attention_mask=no_padding_additive)
+    memory = s2s.encode(ids)
+    with pytest.raises(ValueError, match="no real token"):
+        s2s.decode(ids[:, :3], memory, attention_mask=no_padding_additive)
+    with pytest.raises(ValueError, match="additive_mask == 0"):
+        s2s.decode(ids[:, :3], memory, attention_mask=torch.full((2, 5), -1e9))
