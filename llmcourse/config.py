@@ -35,6 +35,7 @@ ATTN_IMPLS = tuple(KERNELS)  # the kernel registry (llmcourse.kernels) is the on
 ATTN_PATTERNS = ("full", "strided", "fixed", "bigbird", "window")
 MOE_DISPATCHES = ("sorted", "reference")
 MOE_CAPACITY_SCOPES = ("batch", "sequence")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,34 @@ def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name}={value!r} must be a positive integer.")
+
+
+def _non_negative(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative integer.")
+
+
+def _flag(name: str, value: Any, allow_none: bool = False) -> None:
+    """A bool field: ``bias='no'`` is truthy, so anything but True/False (or None where allowed) is refused."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{name}={value!r} must be True or False{' (or None for the default)' if allow_none else ''}, "
+            f"not a {type(value).__name__}."
+        )
+
+
+def _real(name: str, value: Any, *, positive: bool = True, allow_none: bool = False, hint: str = "") -> None:
+    """A float field: a finite real number (NaN passes every ``<=`` test, so it is refused here), positive or >= 0."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise ValueError(
+            f"{name}={value!r} must be a finite number {'> 0' if positive else '>= 0'}"
+            f"{' or None' if allow_none else ''}{hint}."
+        )
 
 
 @dataclass
@@ -157,7 +186,24 @@ class ModelConfig:
     decoder_start_token_id: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes; never read by models
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # validated on construction; an assignment afterwards is validated again and undone if it is invalid
+        if not self.__dict__.get("_validated", False):
+            object.__setattr__(self, name, value)
+            return
+        old = self.__dict__.get(name, _MISSING)
+        object.__setattr__(self, name, value)
+        try:
+            self.__post_init__()
+        except Exception:
+            if old is _MISSING:
+                object.__delattr__(self, name)
+            else:
+                object.__setattr__(self, name, old)
+            raise
+
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len",
                      "rel_num_buckets", "rel_max_distance", "attn_block", "performer_features"):
             _positive(name, getattr(self, name))
@@ -193,7 +239,7 @@ class ModelConfig:
                 )
         if self.position == "rope" and hd % 2:
             raise ValueError(f"position='rope' needs an even head_dim, got head_dim={hd}; change d_model or n_heads.")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # NaN fails this test too
             raise ValueError(f"dropout={self.dropout} must be in [0, 1).")
         if self.norm_eps <= 0:
             raise ValueError(f"norm_eps={self.norm_eps} must be positive.")
@@ -233,6 +279,18 @@ class ModelConfig:
                 f"attn_pattern={self.attn_pattern!r}. Use one of them (attn_pattern='window' with attn_block=W "
                 "is the same restriction without the KV cache trimming)."
             )
+        if self.attn_pattern != "full" and self.attn_block >= self.max_seq_len:
+            raise ValueError(
+                f"attn_block={self.attn_block} is not below max_seq_len={self.max_seq_len}, so "
+                f"attn_pattern={self.attn_pattern!r} would be dense attention; choose attn_block < max_seq_len "
+                "(about sqrt(max_seq_len) for strided/fixed) or attn_pattern='full'."
+            )
+        if self.position == "t5" and (self.rel_num_buckets < 4 or self.rel_max_distance <= self.rel_num_buckets // 2):
+            raise ValueError(
+                f"position='t5' needs rel_num_buckets >= 4 and rel_max_distance > rel_num_buckets // 2 (the exact "
+                f"buckets), got rel_num_buckets={self.rel_num_buckets}, rel_max_distance={self.rel_max_distance}; "
+                "T5 uses 32 and 128."
+            )
         self._check_kernel()
         self._check_moe()
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
@@ -241,6 +299,42 @@ class ModelConfig:
             raise ValueError(
                 f"decoder_start_token_id={self.decoder_start_token_id} must be below vocab_size={self.vocab_size}."
             )
+        object.__setattr__(self, "_validated", True)
+
+    def _check_types(self) -> None:
+        """Types and finiteness of the fields the value checks below do not cover."""
+        for name in ("embed_norm", "fused_kernels", "qk_norm", "bias", "parallel_residual", "tie_embeddings",
+                     "share_embeddings", "scaled_residual_init", "router_bias"):
+            _flag(name, getattr(self, name))
+        for name in ("norm_bias", "final_norm"):
+            _flag(name, getattr(self, name), allow_none=True)
+        for name in ("arch", "mask", "norm", "norm_placement", "ffn", "position", "rope_pairing", "attn_impl",
+                     "attn_pattern", "moe_dispatch", "moe_capacity_scope"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise ValueError(f"{name}={v!r} must be a string naming an option, not a {type(v).__name__}.")
+        _real("dropout", self.dropout, positive=False, hint=" below 1")
+        _real("norm_eps", self.norm_eps, hint=" (1e-5 LayerNorm, 1e-6 RMSNorm)")
+        _real("rope_theta", self.rope_theta, hint=" (10000 in RoFormer and Llama)")
+        _real("sinusoidal_scale", self.sinusoidal_scale, allow_none=True)
+        _real("attn_scale", self.attn_scale, allow_none=True, hint=" (None: 1/sqrt(head_dim); T5 uses 1.0)")
+        _real("logit_scale", self.logit_scale, hint=" (1.0 unless tied T5 v1.0: d_model**-0.5)")
+        _real("init_std", self.init_std, hint=" (GPT-2 uses 0.02)")
+        _real("capacity_factor", self.capacity_factor, allow_none=True, hint=" (Switch uses 1.0-1.25; None drops no tokens)")
+        for name in ("n_experts", "attn_global_blocks", "attn_random_blocks", "decoder_start_token_id"):
+            _non_negative(name, getattr(self, name))
+        _positive("top_k", self.top_k)
+        if self.pad_token_id is not None:
+            _non_negative("pad_token_id", self.pad_token_id)
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra={self.extra!r} must be a dict of JSON-able notes, not a {type(self.extra).__name__}.")
+        try:
+            json.dumps(self.extra, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"extra must be JSON-able (str keys; str, number, bool, None, list or dict values, finite numbers) "
+                f"so that checkpoints can store it: {e}."
+            ) from None
 
     def _check_kernel(self) -> None:
         spec = kernel_spec(self.attn_impl)
@@ -288,8 +382,7 @@ class ModelConfig:
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0.")
         _choice("moe_dispatch", self.moe_dispatch, MOE_DISPATCHES)
         _choice("moe_capacity_scope", self.moe_capacity_scope, MOE_CAPACITY_SCOPES)
-        if self.router_renormalize not in (None, True, False):
-            raise ValueError(f"router_renormalize={self.router_renormalize!r} must be None, True or False.")
+        _flag("router_renormalize", self.router_renormalize, allow_none=True)
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether block ``layer`` (0-based) has a mixture of experts in its feed-forward slot."""

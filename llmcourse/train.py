@@ -88,8 +88,26 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}={v!r} must be a positive integer.")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0.")
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0.")
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise ValueError(f"{name}={v!r} must be a finite number, not a {type(v).__name__}.")
+            if v is not None and name not in ("lr", "grad_clip") and not math.isfinite(v):
+                raise ValueError(f"{name}={v!r} must be a finite number.")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0 (0 disables it; 0.1 is usual).")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ValueError(f"{name}={v} must lie in [0, 1) (Adam's moment decay; 0.9 and 0.95 are usual).")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed={self.seed!r} must be an integer.")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress={self.progress!r} must be True or False.")
+        if not isinstance(self.desc, str):
+            raise ValueError(f"desc={self.desc!r} must be a string (the progress bar's label).")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be a positive, finite number.")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:

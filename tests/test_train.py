@@ -529,3 +529,26 @@ def test_a_failed_load_changes_nothing(tiny_config, token_ids, tmp_path):
     assert all(torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before))
     assert torch.equal(trainer.rng_state, rng)
     assert all(torch.equal(s["exp_avg"], m) for s, m in zip(trainer.optimizer.state.values(), moments))
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(beta1=1.0), "beta1=1.0"),
+        (dict(beta2=float("nan")), "beta2=nan"),
+        (dict(beta1=-0.1), "beta1=-0.1"),
+        (dict(weight_decay=-0.1), "weight_decay=-0.1"),
+        (dict(weight_decay=float("nan")), "weight_decay=nan"),
+        (dict(steps=True), "steps=True"),
+        (dict(warmup_steps=2.5), "warmup_steps=2.5"),
+        (dict(lr="1e-3"), "lr='1e-3'"),
+        (dict(min_lr=float("nan")), "min_lr=nan"),
+        (dict(seed=1.5), "seed=1.5"),
+        (dict(progress="no"), "progress='no'"),
+    ],
+)
+def test_train_config_refuses_bad_optimiser_fields(kwargs, field):
+    """Issue 18 item 4: beta1, beta2, weight_decay (negative), steps=True and types were unchecked."""
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**kwargs)
+    assert field in str(err.value)
