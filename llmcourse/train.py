@@ -698,3 +698,325 @@ class Trainer:
                         f"its parameter {tuple(params[idx].shape)}; the optimizer state does not fit this model."
                     )
         return {"state": state, "param_groups": groups}
+
+
+# --- the command line: python -m llmcourse.train ------------------------------------------------
+# (module-level imports of the command; kept here so the trainer above reads on its own)
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+import typing  # noqa: E402
+from dataclasses import fields as _fields, replace as _replace  # noqa: E402
+
+from . import distributed  # noqa: E402
+from .checkpoint import atomic_write  # noqa: E402
+from .config import ModelConfig  # noqa: E402
+from .data import LMBatches, load_corpus  # noqa: E402
+from .models import build_model  # noqa: E402
+from .tokenizers import BPETokenizer  # noqa: E402
+
+_argv = getattr(sys, "orig_argv", [])
+if "-m" in _argv and _argv[_argv.index("-m") + 1 : _argv.index("-m") + 2] == [__name__]:
+    # `python -m llmcourse.train`: the package imports this module before runpy runs it again as __main__,
+    # and runpy warns that it is already imported. Harmless (the command below calls the package's main).
+    import warnings
+
+    warnings.filterwarnings("ignore", message=f"'{__name__}' found in sys.modules", category=RuntimeWarning)
+
+DATA_FIELDS: dict[str, Any] = {"corpus": str, "tokenizer": str, "val_fraction": float, "plays": int | None}
+DATA_DEFAULTS: dict[str, Any] = {"corpus": "shakespeare", "tokenizer": "char", "val_fraction": 0.1, "plays": None}
+SECTIONS = ("model", "train", "data")
+
+
+class ConfigError(ValueError):
+    """A training command's configuration file is unreadable or names something that does not exist."""
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return {int: "integer", float: "number", bool: "true/false", str: "string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_type_ok(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or typing.get_origin(hint) is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _checked_section(section: str, values: Any, hints: dict[str, Any]) -> dict[str, Any]:
+    """The section's fields, each known and of its declared type (an int where a float is due becomes a float)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"section [{section}] must be a table of fields, not {type(values).__name__}.")
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {', '.join(f'{section}.{k}' for k in unknown)}; [{section}] accepts {', '.join(sorted(hints))}."
+        )
+    out = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{section}.{name}={value!r} has the wrong type: expected {_type_name(hint)}, got {type(value).__name__}.")
+        if isinstance(value, int) and not isinstance(value, bool) and not _type_ok(value, _ints_only(hint)):
+            value = float(value)  # lr = 1 in a file means 1.0
+        out[name] = value
+    return out
+
+
+def _ints_only(hint: Any) -> Any:
+    """``hint`` without ``float``: an int that fits it stays an int."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return typing.Union[tuple(a for a in typing.get_args(hint) if a is not float) or (type(None),)]
+    return type(None) if hint is float else hint
+
+
+def read_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a JSON (or ``.toml``) run file into checked ``model``, ``train`` and ``data`` sections.
+
+    Every section is optional; ``data`` defaults to the Shakespeare corpus with
+    a character tokenizer. Raises :class:`ConfigError` naming an unknown
+    section or field, or a value of the wrong type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        else:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ConfigError(f"config file {str(path)!r} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold one object with the sections {', '.join(SECTIONS)}.")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)} in {str(path)!r}; the sections are {', '.join(SECTIONS)}.")
+    model_hints = {f.name: typing.get_type_hints(ModelConfig)[f.name] for f in _fields(ModelConfig)}
+    train_hints = {f.name: typing.get_type_hints(TrainConfig)[f.name] for f in _fields(TrainConfig)}
+    return {
+        "model": _checked_section("model", raw.get("model", {}), model_hints),
+        "train": _checked_section("train", raw.get("train", {}), train_hints),
+        "data": {**DATA_DEFAULTS, **_checked_section("data", raw.get("data", {}), DATA_FIELDS)},
+    }
+
+
+@dataclass
+class RunPlan:
+    """Everything a run needs, checked before any process group starts or any step runs."""
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    data: dict[str, Any]
+    corpus: Any  # llmcourse.data.Corpus
+    train_batches: LMBatches
+    val_batches: LMBatches
+
+
+def plan_run(config: dict[str, dict[str, Any]], world_size: int = 1) -> RunPlan:
+    """Load the tokenizer and corpus a checked config names and build (and check) the model and train configs."""
+    data = config["data"]
+    tokenizer = None
+    if data["tokenizer"] != "char":
+        folder = Path(data["tokenizer"])
+        if not folder.is_dir():
+            raise ConfigError(
+                f"data.tokenizer={data['tokenizer']!r}: no such tokenizer folder; use 'char' (characters of the corpus) "
+                "or the folder BPETokenizer.save (python -m llmcourse.tokenizers train) wrote."
+            )
+        try:
+            tokenizer = BPETokenizer.load(folder)
+        except ValueError as e:
+            raise ConfigError(f"data.tokenizer: {e}") from None
+    try:
+        corpus = load_corpus(data["corpus"], val_fraction=data["val_fraction"], plays=data["plays"], tokenizer=tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.corpus={data['corpus']!r}: {e}") from None
+    model_fields = dict(config["model"])
+    vocab = corpus.vocab_size
+    if model_fields.setdefault("vocab_size", vocab) != vocab:
+        raise ConfigError(
+            f"model.vocab_size={model_fields['vocab_size']} does not match the tokenizer's vocabulary of {vocab} tokens "
+            f"(data.tokenizer={data['tokenizer']!r}); remove model.vocab_size to take the tokenizer's."
+        )
+    try:
+        model_config = ModelConfig.from_dict(model_fields)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    if model_config.arch != "decoder":
+        raise ConfigError(f"model.arch={model_config.arch!r}: the training command trains decoder-only language models ('decoder').")
+    try:
+        train_config = TrainConfig(**config["train"])
+    except ValueError as e:
+        raise ConfigError(f"train: {e}") from None
+    if torch.device(train_config.device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={train_config.device!r}, but this machine has no CUDA device; use 'cpu'.")
+    shards = world_size * train_config.grad_accum_steps
+    if train_config.batch_size % shards:
+        raise ConfigError(
+            f"train.batch_size={train_config.batch_size} is the global batch and must be divisible by the number of "
+            f"processes times train.grad_accum_steps = {world_size} * {train_config.grad_accum_steps} = {shards}; "
+            "change batch_size, grad_accum_steps or the number of processes."
+        )
+    T, B = model_config.max_seq_len, train_config.batch_size
+    batches = []
+    for name, ids in (("training", corpus.train_ids), ("validation", corpus.val_ids)):
+        try:
+            batches.append(LMBatches(ids, B, T))
+        except ValueError:
+            raise ConfigError(
+                f"model.max_seq_len={T}: the {name} text has only {len(ids)} tokens, too few for windows of {T} + 1 "
+                "tokens; lower max_seq_len, use a longer corpus, or change data.val_fraction."
+            ) from None
+    return RunPlan(model_config, train_config, data, corpus, batches[0], batches[1])
+
+
+def checkpoint_name(step: int) -> str:
+    """The file a run's checkpoint of step ``step`` is written to, inside ``--out``."""
+    return f"step_{step:06d}.safetensors"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m llmcourse.train",
+        description="Train a decoder-only language model from a config file (JSON, or TOML by its .toml suffix) "
+        "with sections model (ModelConfig fields), train (TrainConfig fields) and data (corpus, tokenizer, "
+        "val_fraction, plays). Under torchrun every process runs this same command (DDP; batch_size is global).",
+    )
+    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="run file: JSON, or TOML with a .toml suffix")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for history.json and the checkpoints")
+    p.add_argument("--resume", type=Path, metavar="CKPT", help="continue from a checkpoint of this command (any number of processes)")
+    p.add_argument("--save-every", type=int, default=0, metavar="N", help="also save a checkpoint every N steps (0: only at the end)")
+    p.add_argument("--strategy", default="ddp", choices=distributed.STRATEGIES, help="how processes share the work under torchrun")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmcourse.train --config FILE --out DIR [--resume CKPT] [--save-every N] [--strategy ddp|fsdp]``.
+
+    Writes ``DIR/config.json`` (the resolved config), the tokenizer,
+    ``DIR/history.json`` and ``DIR/step_NNNNNN.safetensors`` checkpoints (every
+    ``N`` steps and at the end), all from rank 0 only. A bad config exits with
+    code 2 and a message naming the problem on stderr, before any training.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        distributed.check_strategy(args.strategy)
+        if args.save_every < 0:
+            raise ConfigError(f"--save-every={args.save_every} must be >= 0 (0 saves only at the end).")
+        _, world_size, _ = distributed.world_from_env()
+        plan = plan_run(read_config(args.config), world_size)
+        if args.resume is not None and not args.resume.is_file():
+            raise ConfigError(f"--resume {str(args.resume)!r}: no such checkpoint file.")
+        if args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"--out {str(args.out)!r} is a file, not a folder.")
+        if args.resume is None and (args.out / "history.json").exists():
+            raise ConfigError(
+                f"--out {str(args.out)!r} already holds a run (history.json); continue it with --resume "
+                f"{str(args.out / 'step_NNNNNN.safetensors')!r}, or choose another folder."
+            )
+    except ValueError as e:
+        parser.error(str(e))
+    run = distributed.start(plan.train_config.device, args.strategy)
+    try:
+        return _run(plan, run, args, parser)
+    finally:
+        distributed.stop(run)
+
+
+def _run(plan: RunPlan, run: "distributed.Run", args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    cfg, out, main_rank = plan.train_config, args.out, run.is_main
+    model = build_model(plan.model_config, seed=cfg.seed)
+    try:
+        trainer = Trainer(
+            model, _replace(cfg, progress=False), plan.train_batches, plan.val_batches,
+            wrap=run.wrap, rank=run.rank, world_size=run.world_size,
+        )
+    except ValueError as e:  # e.g. device='cuda' on a machine without one
+        parser.error(f"train: {e}")
+    if args.resume is not None:
+        try:
+            trainer.load(args.resume)
+        except ValueError as e:  # CheckpointError: another model or TrainConfig
+            parser.error(f"--resume: {e}")
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", {"model": plan.model_config.to_dict(), "train": asdict(cfg), "data": plan.data})
+        tok = plan.corpus.tokenizer
+        if isinstance(tok, BPETokenizer):
+            tok.save(out / "tokenizer")
+        else:
+            tok.save(out / "tokenizer.json")
+
+    def save() -> Path | None:
+        if not main_rank:
+            return None
+        path = trainer.save(out / checkpoint_name(trainer.step))
+        _write_json(out / "history.json", trainer.history.to_dict())
+        return path
+
+    show = main_rank and cfg.progress
+    tty = show and sys.stdout.isatty()
+    bar = progress_bar(cfg.steps, cfg.desc, tty)
+    bar.update(trainer.step)
+    every_line = max(1, cfg.steps // 20)
+    if show and not tty:
+        print(f"{cfg.desc}: {cfg.steps} steps, {run.world_size} process(es), global batch {cfg.batch_size}, "
+              f"{plan.model_config.max_seq_len} tokens per row; from step {trainer.step}", flush=True)
+    try:
+        while trainer.step < cfg.steps:
+            evals = len(trainer.history.val_loss)
+            try:
+                h = trainer.train(until=trainer.step + 1)
+            except FloatingPointError as e:
+                if main_rank:
+                    print(f"python -m llmcourse.train: error: {e}", file=sys.stderr, flush=True)
+                return 1
+            step, loss = trainer.step, h.train_loss[-1]
+            val = h.val_loss[-1] if len(h.val_loss) > evals else None
+            text = f"loss {loss:.4f}" + (f" val {h.val_loss[-1]:.4f}" if h.val_loss else "")
+            bar.set_postfix_str(text, refresh=False)
+            bar.update(1)
+            if show and not tty and (step % every_line == 0 or val is not None or step == cfg.steps):
+                print(f"step {step}/{cfg.steps} loss {loss:.4f}" + (f" val {val:.4f}" if val is not None else "")
+                      + f" lr {h.lr[-1]:.3g}", flush=True)
+            if args.save_every and step % args.save_every == 0 and step < cfg.steps:
+                save()
+    finally:
+        bar.close()
+    path = save()
+    if main_rank:
+        h = trainer.history
+        val = f", val loss {h.val_loss[-1]:.4f}" if h.val_loss else ""
+        last = f"train loss {h.train_loss[-1]:.4f}" if h.train_loss else "no steps"
+        print(f"done: step {trainer.step}, {last}{val}; checkpoint {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from llmcourse.train import main as _main  # the package's copy, not a second __main__ module
+
+    raise SystemExit(_main())

@@ -1,0 +1,134 @@
+"""Data parallelism through PyTorch's own engine: a process group from ``torchrun``'s environment, and DDP.
+
+Shape legend: ``B`` batch, ``K`` processes (ranks).
+
+``torchrun --standalone --nproc-per-node K -m llmcourse.train ...`` starts ``K``
+copies of the training command and tells each one who it is through
+environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``). :func:`start` reads them, joins the process
+group (gloo on CPU, NCCL on CUDA, one GPU per local rank) and returns a
+:class:`Run` whose ``wrap`` wraps a model in ``DistributedDataParallel``; the
+:class:`~llmcourse.train.Trainer` trains through the wrapped module and keeps
+the plain one for checkpoints, so a run saved by ``K`` processes resumes on
+any other number. :func:`stop` leaves the group. Without ``torchrun``
+(``WORLD_SIZE`` unset or 1) nothing is initialised and ``wrap`` is ``None``.
+
+The global batch ``B`` is split over ranks by the trainer: rank ``r`` keeps
+rows ``r*B/K : (r+1)*B/K``, so the ranks together see exactly the batch one
+process would, and DDP's gradient all-reduce (a mean) gives the one-process
+gradient.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+STRATEGIES = ("ddp", "fsdp")
+
+FSDP_UNSUPPORTED = (
+    "--strategy fsdp is not supported by this command yet: FSDP2's fully_shard turns every parameter into a "
+    "sharded DTensor, and the trainer's checkpoints (Trainer.save writes model.state_dict() and the optimizer "
+    "state as plain tensors) and its gradient clipping do not gather DTensor shards yet, so a run could not be "
+    "saved or resumed on another number of processes. Use --strategy ddp (every rank holds the whole model)."
+)
+
+
+@dataclass
+class Run:
+    """Who this process is in a (possibly one-process) run, and how to wrap its model."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # None: no process group (one process)
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that prints and writes files."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer (torchrun sets it).") from None
+
+
+def world_from_env() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` as ``torchrun`` sets them; ``(0, 1, 0)`` outside ``torchrun``."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank}, WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE (torchrun sets both).")
+    return rank, world, local
+
+
+def check_strategy(strategy: str) -> None:
+    """Raise ``ValueError`` for a strategy this command cannot run (before any process group exists)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not known; choose one of {', '.join(STRATEGIES)}.")
+    if strategy == "fsdp":
+        raise ValueError(FSDP_UNSUPPORTED)
+
+
+def backend_for(device: str) -> str:
+    """gloo for CPU tensors, NCCL for CUDA ones."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def start(device: str = "cpu", strategy: str = "ddp") -> Run:
+    """Join the process group ``torchrun`` describes and return this process's :class:`Run`.
+
+    On CUDA, local rank ``i`` uses GPU ``i`` (``torch.cuda.set_device``), so the
+    device name ``"cuda"`` means this rank's GPU. Outside ``torchrun``, or with
+    one process, no group is created.
+    """
+    check_strategy(strategy)
+    rank, world, local = world_from_env()
+    if world == 1:
+        return Run()
+    if not torch.distributed.is_available():
+        raise RuntimeError("this PyTorch build has no torch.distributed; run on one process (without torchrun).")
+    dev = torch.device(device)
+    backend = backend_for(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available() or local >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"local rank {local} needs GPU {local}, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "start at most that many processes per node (--nproc-per-node)."
+            )
+        torch.cuda.set_device(local)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+
+    def wrap(model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if dev.type == "cuda":
+            return DistributedDataParallel(model, device_ids=[local], output_device=local)
+        return DistributedDataParallel(model)
+
+    return Run(rank=rank, world_size=world, local_rank=local, backend=backend, wrap=wrap)
+
+
+def stop(run: Run) -> None:
+    """Leave the process group :func:`start` joined (nothing to do on one process)."""
+    if run.backend is not None and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def barrier(run: Run) -> None:
+    """Wait for every rank (a no-op on one process)."""
+    if run.backend is not None:
+        torch.distributed.barrier()
