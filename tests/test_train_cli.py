@@ -52,6 +52,13 @@ def test_the_command_trains_and_writes_history_and_checkpoints(run_config, tmp_p
     assert "\r" not in "".join(lines)
 
 
+def test_a_terminal_gets_a_progress_bar(run_config, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    main(["--config", str(run_config()), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "100%|" in out and "4/4, loss" in out and "step 4/4" not in out  # the bar, not the plain lines
+
+
 def test_toml_config_gives_the_same_run(run_config, tmp_path):
     main(["--config", str(run_config()), "--out", str(tmp_path / "a")])
     toml = tmp_path / "run.toml"
