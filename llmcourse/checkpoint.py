@@ -6,13 +6,15 @@ Layout of a checkpoint file:
 - tensors under other prefixes (``optim.*``, ``rng.*``): trainer state;
 - header metadata (JSON strings): ``format``, ``config`` (the :class:`ModelConfig`),
   ``trainer`` (step, history, optimizer hyper-parameters) and ``sha256``, a
-  digest of every tensor's bytes.
+  digest of every tensor's bytes *and* of every other metadata entry, so an
+  edited config (which would build another model) fails the check too.
 
 Writing goes to a temporary file in the same folder, is flushed to disk, and
 is then renamed over the target (:func:`os.replace` is atomic), so a crash
 mid-write leaves the previous checkpoint intact. Loading checks the file can be
-parsed, the format, the digest, and that names and shapes match the model;
-each failure raises :class:`CheckpointError` naming the file and what is wrong.
+parsed, the format, the digest, and that names, shapes and the architecture
+fields of the config match the model; each failure raises
+:class:`CheckpointError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ModelConfig
+from .kernels import kernel_spec
 
 FORMAT = "llmcourse-checkpoint-1"
 
@@ -38,7 +41,8 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or does not fit the model."""
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and, when given, every metadata entry but ``sha256``."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].contiguous()
@@ -46,7 +50,19 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if metadata is not None:
+        entries = {k: v for k, v in metadata.items() if k != "sha256"}
+        h.update(b"\0metadata\0" + json.dumps(entries, sort_keys=True).encode())
     return h.hexdigest()
+
+
+# Config fields that do not change the function a model computes from its weights
+# (training-time settings, the kernel among exact ones, notes). Every other field
+# must agree between a checkpoint and the model it is loaded into.
+NON_ARCHITECTURE_FIELDS = frozenset({
+    "dropout", "init_std", "scaled_residual_init", "fused_kernels", "max_seq_len", "moe_dispatch",
+    "router_jitter", "balance_loss_coef", "router_z_loss_coef", "extra",
+})
 
 
 def atomic_write(path: Path, write) -> None:
@@ -108,8 +124,9 @@ def save_checkpoint(
         "format": FORMAT,
         "config": config.to_json(),
         "trainer": json.dumps(trainer or {}, sort_keys=True),
-        "sha256": _digest(state),
+        "sha256_tensors": _digest(state),  # tells an edited header from damaged tensors
     }
+    metadata["sha256"] = _digest(state, metadata)
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return path
 
@@ -144,7 +161,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{str(path)!r} is a safetensors file but not an llmcourse checkpoint (format={metadata.get('format')!r}, "
             f"expected {FORMAT!r}); for weights of another library use llmcourse.hf."
         )
-    if metadata.get("sha256") != _digest(state):
+    if metadata.get("sha256") != _digest(state, metadata):
+        tensors_digest = _digest(state)
+        if metadata.get("sha256_tensors") == tensors_digest or metadata.get("sha256") == tensors_digest:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} fails its checksum: its tensors are intact but its config or trainer "
+                "metadata differ from what was written (edited afterwards, or saved by an llmcourse whose checksum "
+                "did not cover them yet). Load an earlier checkpoint, or rebuild the model from a config you trust and "
+                "save it again."
+            )
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt: its tensors do not match the checksum recorded when it was written. "
             "Load an earlier checkpoint or retrain."
@@ -164,8 +189,36 @@ def _config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
     return [f"{k}: checkpoint {da[k]!r}, model {db[k]!r}" for k in sorted(da) if da[k] != db.get(k)]
 
 
-def check_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
-    """Raise :class:`CheckpointError` unless the checkpoint's weights fit ``model`` (names and shapes); change nothing."""
+def architecture_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """The fields on which two configs build models computing different functions from the same weights.
+
+    Everything but :data:`NON_ARCHITECTURE_FIELDS`; ``attn_impl`` counts only when
+    one of the two kernels is approximate (Performer).
+    """
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for k in sorted(set(da) | set(db)):
+        if k in NON_ARCHITECTURE_FIELDS or da.get(k) == db.get(k):
+            continue
+        if k == "attn_impl" and kernel_spec(da[k]).exact and kernel_spec(db[k]).exact:
+            continue
+        if k == "performer_features" and "performer" not in (da.get("attn_impl"), db.get("attn_impl")):
+            continue
+        out.append(f"{k}: checkpoint {da.get(k)!r}, model {db.get(k)!r}")
+    return out
+
+
+def check_weights(model: nn.Module, checkpoint: Checkpoint, *, config_mismatch: str = "error") -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint fits ``model``; change nothing.
+
+    Names and shapes must match, and so must every architecture field of the
+    two configs (:func:`architecture_differences`): RoPE, ALiBi and no position
+    encoding have the same tensors, as do two ``ffn`` or ``norm_eps`` values, so
+    shapes alone would load such a checkpoint silently into another model.
+    ``config_mismatch="allow"`` loads anyway when only config fields differ.
+    """
+    if config_mismatch not in ("error", "allow"):
+        raise ValueError(f"config_mismatch={config_mismatch!r}: use 'error' (the default) or 'allow'.")
     own = model.state_dict()
     problems = []
     missing = sorted(set(own) - set(checkpoint.model_state))
@@ -185,9 +238,23 @@ def check_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
             f"checkpoint {str(checkpoint.path)!r} does not fit this model: {'; '.join(problems[:6])}.{hint} "
             "Build the model from the checkpoint's own config (llmcourse.models.load_model)."
         )
+    own_config = getattr(model, "config", None)
+    if config_mismatch == "error" and isinstance(own_config, ModelConfig):
+        diffs = architecture_differences(checkpoint.config, own_config)
+        if diffs:
+            raise CheckpointError(
+                f"checkpoint {str(checkpoint.path)!r} was saved from another architecture: {'; '.join(diffs)}. Its "
+                "tensors fit, but this model would compute something else with them. Build the model from the "
+                "checkpoint's own config (llmcourse.models.load_model), or load anyway with "
+                "load_weights(model, checkpoint, config_mismatch='allow')."
+            )
 
 
-def load_weights(model: nn.Module, checkpoint: Checkpoint) -> None:
-    """Copy the checkpoint's weights into ``model``, or explain exactly what does not match (touching nothing)."""
-    check_weights(model, checkpoint)
+def load_weights(model: nn.Module, checkpoint: Checkpoint, *, config_mismatch: str = "error") -> None:
+    """Copy the checkpoint's weights into ``model``, or explain exactly what does not match (touching nothing).
+
+    ``config_mismatch="allow"`` accepts a model whose architecture fields differ
+    from the checkpoint's (names and shapes must still match); see :func:`check_weights`.
+    """
+    check_weights(model, checkpoint, config_mismatch=config_mismatch)
     model.load_state_dict(checkpoint.model_state, strict=True)

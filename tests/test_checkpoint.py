@@ -102,3 +102,60 @@ def test_non_finite_weights_are_refused_unless_asked(tiny_config, tmp_path):
     assert not (tmp_path / "b.safetensors").exists()
     save_checkpoint(path, model, allow_nonfinite=True)
     assert torch.isnan(load_checkpoint(path).model_state["tok_emb.weight"][0, 0])
+
+
+def _rewrite_metadata(path, **changes):
+    """Rewrite a checkpoint's header metadata, keeping its tensors and its recorded sha256 (what an editor would do)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+    metadata.update(changes)
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+
+
+def test_edited_config_metadata_fails_the_checksum(tiny_config, tmp_path):
+    """Issue 18 item 2: the digest covered tensors only, so an edited config built another model silently."""
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(tiny_config, seed=0))
+    config = json.loads(load_checkpoint(path).config.to_json())
+    _rewrite_metadata(path, config=json.dumps({**config, "ffn": "relu"}, sort_keys=True))
+    with pytest.raises(CheckpointError, match="tensors are intact but its config or trainer metadata differ"):
+        load_checkpoint(path)
+    path2 = save_checkpoint(tmp_path / "t.safetensors", build_model(tiny_config, seed=0), trainer={"step": 3})
+    _rewrite_metadata(path2, trainer=json.dumps({"step": 30}))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(path2)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(position="rope"), dict(position="alibi"), dict(ffn="relu"), dict(norm_eps=1e-6), dict(attn_scale=1.0),
+     dict(logit_scale=0.5)],
+)
+def test_load_weights_refuses_another_architecture_with_the_same_tensors(tiny_config, tmp_path, change):
+    base = tiny_config.replace(position="none")
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(base, seed=0))
+    other = build_model(base.replace(**change), seed=1)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    field = next(iter(change))
+    with pytest.raises(CheckpointError, match=rf"another architecture: {field}: checkpoint .*config_mismatch='allow'"):
+        load_weights(other, load_checkpoint(path))
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())  # nothing was touched
+    load_weights(other, load_checkpoint(path), config_mismatch="allow")  # the explicit way to load anyway
+    assert torch.equal(other.state_dict()["tok_emb.weight"], load_checkpoint(path).model_state["tok_emb.weight"])
+
+
+def test_load_weights_accepts_non_architecture_differences(tiny_config, tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(tiny_config, seed=0))
+    same_function = tiny_config.replace(dropout=0.1, init_std=0.05, attn_impl="sdpa", fused_kernels=False, extra={"a": 1})
+    load_weights(build_model(same_function, seed=0), load_checkpoint(path))
+    with pytest.raises(ValueError, match="config_mismatch='sometimes'"):
+        load_weights(build_model(tiny_config, seed=0), load_checkpoint(path), config_mismatch="sometimes")
+
+
+def test_load_weights_refuses_another_rope_pairing(tiny_config, tmp_path):
+    rope = tiny_config.replace(position="rope")
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(rope, seed=0))
+    with pytest.raises(CheckpointError, match="rope_pairing: checkpoint 'half', model 'interleaved'"):
+        load_weights(build_model(rope.replace(rope_pairing="interleaved"), seed=0), load_checkpoint(path))
