@@ -7,7 +7,8 @@ copies of the training command and tells each one who it is through
 environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``). :func:`start` reads them, joins the process
 group (gloo on CPU, NCCL on CUDA, one GPU per local rank) and returns a
-:class:`Run` whose ``wrap`` wraps a model in ``DistributedDataParallel``; the
+:class:`Run` whose ``wrap`` wraps a model in ``DistributedDataParallel``
+(``--strategy fsdp``: shards it with FSDP2's ``fully_shard``); the
 :class:`~llmcourse.train.Trainer` trains through the wrapped module and keeps
 the plain one for checkpoints, so a run saved by ``K`` processes resumes on
 any other number. :func:`stop` leaves the group. Without ``torchrun``
@@ -16,7 +17,9 @@ any other number. :func:`stop` leaves the group. Without ``torchrun``
 The global batch ``B`` is split over ranks by the trainer: rank ``r`` keeps
 rows ``r*B/K : (r+1)*B/K``, so the ranks together see exactly the batch one
 process would, and DDP's gradient all-reduce (a mean) gives the one-process
-gradient.
+gradient. FSDP reduce-scatters the same mean instead, so each rank updates only
+its slice; the training command gathers the slices on rank 0 to write a
+checkpoint, and slices a plain checkpoint again when an FSDP run resumes.
 """
 
 from __future__ import annotations
@@ -28,14 +31,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .blocks import Block
+
 STRATEGIES = ("ddp", "fsdp")
 
-FSDP_UNSUPPORTED = (
-    "--strategy fsdp is not supported by this command yet: FSDP2's fully_shard turns every parameter into a "
-    "sharded DTensor, and the trainer's checkpoints (Trainer.save writes model.state_dict() and the optimizer "
-    "state as plain tensors) and its gradient clipping do not gather DTensor shards yet, so a run could not be "
-    "saved or resumed on another number of processes. Use --strategy ddp (every rank holds the whole model)."
-)
 
 
 @dataclass
@@ -47,6 +46,7 @@ class Run:
     local_rank: int = 0
     backend: str | None = None  # None: no process group (one process)
     wrap: Callable[[nn.Module], nn.Module] | None = None
+    sharded: bool = False  # FSDP: parameters and optimizer state are DTensor shards; checkpoints gather them
 
     @property
     def is_main(self) -> bool:
@@ -78,8 +78,6 @@ def check_strategy(strategy: str) -> None:
     """Raise ``ValueError`` for a strategy this command cannot run (before any process group exists)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not known; choose one of {', '.join(STRATEGIES)}.")
-    if strategy == "fsdp":
-        raise ValueError(FSDP_UNSUPPORTED)
 
 
 def backend_for(device: str) -> str:
@@ -112,6 +110,9 @@ def start(device: str = "cpu", strategy: str = "ddp") -> Run:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
 
+    if strategy == "fsdp":
+        return Run(rank=rank, world_size=world, local_rank=local, backend=backend, wrap=fsdp_wrap, sharded=True)
+
     def wrap(model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -120,6 +121,20 @@ def start(device: str = "cpu", strategy: str = "ddp") -> Run:
         return DistributedDataParallel(model)
 
     return Run(rank=rank, world_size=world, local_rank=local, backend=backend, wrap=wrap)
+
+
+def fsdp_wrap(model: nn.Module) -> nn.Module:
+    """Shard ``model`` with FSDP2: each transformer block is one unit (gathered for its forward and backward), then the rest.
+
+    ``fully_shard`` changes the module in place (its parameters become DTensor
+    shards, one slice per rank) and returns it.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for module in list(model.modules()):
+        if isinstance(module, Block):
+            fully_shard(module)
+    return fully_shard(model)
 
 
 def stop(run: Run) -> None:

@@ -889,6 +889,57 @@ def plan_run(config: dict[str, dict[str, Any]], world_size: int = 1) -> RunPlan:
     return RunPlan(model_config, train_config, data, corpus, batches[0], batches[1])
 
 
+def _plain_trainer(plan: RunPlan) -> Trainer:
+    """A one-process trainer of an unsharded model: the form in which a sharded run is saved and loaded."""
+    return Trainer(build_model(plan.model_config), _replace(plan.train_config, progress=False), plan.train_batches,
+                   rank=0, world_size=1)
+
+
+def _copy_progress(src: Trainer, dst: Trainer) -> None:
+    dst.rng_state, dst.cuda_rng_state = src.rng_state, src.cuda_rng_state
+    dst.generator.set_state(src.generator.get_state())
+    dst.step, dst.history = src.step, src.history
+
+
+def _save_sharded(plan: RunPlan, trainer: Trainer, path: Path, main_rank: bool) -> Path | None:
+    """Gather an FSDP run's weights and optimizer state on rank 0 and write an ordinary checkpoint (every rank calls)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(trainer.wrapped, options=options)
+    optim = get_optimizer_state_dict(trainer.wrapped, trainer.optimizer, options=options)
+    if not main_rank:
+        return None
+    plain = _plain_trainer(plan)
+    plain.model.load_state_dict(weights)
+    names = [n for g in optim["param_groups"] for n in g["params"]]  # parameter names, in the optimizer's order
+    index = {n: i for i, n in enumerate(names)}
+    plain.optimizer.load_state_dict({
+        "state": {index[n]: v for n, v in optim["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim["param_groups"]],
+    })
+    _copy_progress(trainer, plain)
+    return plain.save(path)
+
+
+def _load_sharded(plan: RunPlan, trainer: Trainer, path: Path) -> None:
+    """Load an ordinary checkpoint into an FSDP run: every rank reads it and keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    plain = _plain_trainer(plan)
+    plain.load(path)  # every check of Trainer.load (model, TrainConfig, optimizer shapes)
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(trainer.wrapped, plain.model.state_dict(), options=options)
+    name_of = {id(p): n for n, p in plain.model.named_parameters()}
+    names = [name_of[id(p)] for g in plain.optimizer.param_groups for p in g["params"]]
+    state = plain.optimizer.state_dict()
+    set_optimizer_state_dict(trainer.wrapped, trainer.optimizer, {
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]],
+    }, options=options)
+    _copy_progress(plain, trainer)
+
+
 def checkpoint_name(step: int) -> str:
     """The file a run's checkpoint of step ``step`` is written to, inside ``--out``."""
     return f"step_{step:06d}.safetensors"
@@ -959,7 +1010,10 @@ def _run(plan: RunPlan, run: "distributed.Run", args: argparse.Namespace, parser
         parser.error(f"train: {e}")
     if args.resume is not None:
         try:
-            trainer.load(args.resume)
+            if run.sharded:
+                _load_sharded(plan, trainer, args.resume)
+            else:
+                trainer.load(args.resume)
         except ValueError as e:  # CheckpointError: another model or TrainConfig
             parser.error(f"--resume: {e}")
     if main_rank:
@@ -972,9 +1026,12 @@ def _run(plan: RunPlan, run: "distributed.Run", args: argparse.Namespace, parser
             tok.save(out / "tokenizer.json")
 
     def save() -> Path | None:
+        if run.sharded:  # every rank takes part in gathering the shards; rank 0 writes
+            path = _save_sharded(plan, trainer, out / checkpoint_name(trainer.step), main_rank)
+        elif main_rank:
+            path = trainer.save(out / checkpoint_name(trainer.step))
         if not main_rank:
             return None
-        path = trainer.save(out / checkpoint_name(trainer.step))
         _write_json(out / "history.json", trainer.history.to_dict())
         return path
 

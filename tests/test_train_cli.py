@@ -112,7 +112,7 @@ def test_command_line_errors(run_config, tmp_path, capsys):
     for argv, named in [
         (["--config", str(tmp_path / "missing.json"), "--out", str(out)], "missing.json"),
         (["--config", str(run_config()), "--out", str(out), "--resume", str(tmp_path / "x.safetensors")], "--resume"),
-        (["--config", str(run_config()), "--out", str(out), "--strategy", "fsdp"], "--strategy fsdp is not supported"),
+        (["--config", str(run_config()), "--out", str(out), "--strategy", "zero"], "invalid choice: 'zero'"),
     ]:
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -131,20 +131,27 @@ def test_batch_size_must_divide_over_the_processes(run_config, tmp_path, capsys,
     assert "divisible by the number of processes times train.grad_accum_steps = 3 * 1" in capsys.readouterr().err
 
 
-def test_two_gloo_processes_under_torchrun_follow_the_one_process_run(run_config, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_under_torchrun_follow_the_one_process_run(run_config, tmp_path, strategy):
     if not torch.distributed.is_available():
         pytest.skip("this PyTorch build has no torch.distributed")
     config = run_config(train={"grad_accum_steps": 2})
     main(["--config", str(config), "--out", str(tmp_path / "one"), "--save-every", "2"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "llmcourse.train", "--config", str(config), "--out", str(tmp_path / "two"), "--save-every", "2"]
+           "-m", "llmcourse.train", "--config", str(config), "--out", str(tmp_path / "two"), "--save-every", "2",
+           "--strategy", strategy]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done: step 4") == 1  # only rank 0 prints
     one, two = _history(tmp_path / "one"), _history(tmp_path / "two")
     assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
     assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-4)
-    # the 2-process checkpoint holds the plain model: it resumes on one process
+    # the 2-process checkpoint holds the plain model: it resumes on one process, and a 1-process one on two
     main(["--config", str(config), "--out", str(tmp_path / "resumed"), "--resume", str(tmp_path / "two" / checkpoint_name(2))])
     assert _history(tmp_path / "resumed")["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
+    cmd[cmd.index(str(tmp_path / "two"))] = str(tmp_path / "two_resumed")
+    done = subprocess.run(cmd + ["--resume", str(tmp_path / "one" / checkpoint_name(2))], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _history(tmp_path / "two_resumed")["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
