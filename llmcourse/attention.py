@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import kernel_spec
-from .masks import Pattern, causal_bias, combine
+from .masks import Pattern, causal_bias, combine, masked_value
 from .norms import RMSNorm
 from .positions import Rotation
 
@@ -45,12 +45,13 @@ def explicit_attention(
 ) -> torch.Tensor:
     """Attention written out. Shapes: ``q (B, H, T, Dh)``, ``k, v (B, H, S, Dh)``, ``bias (1|B, 1|H, T, S)`` -> ``(B, H, T, Dh)``."""
     T, S = q.shape[-2], k.shape[-2]
-    attn_scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    # scores in at least float32: a float16 q k^T overflows long before the scaled scores would
+    wide = torch.promote_types(q.dtype, torch.float32)  # at least float32, never narrower than q
+    attn_scores = (q.to(wide) @ k.to(wide).transpose(-2, -1)) * scale  # (B, H, T, S)
     if causal:
         attn_scores = attn_scores + causal_bias(T, S, device=q.device)  # queries are the last T of S positions
     if bias is not None:
         attn_scores = attn_scores + bias
-    wide = torch.promote_types(attn_scores.dtype, torch.float32)  # at least float32, never narrower than q
     attn_weights = torch.softmax(attn_scores.to(wide), dim=-1).to(q.dtype)
     if dropout_p and training:
         attn_weights = F.dropout(attn_weights, p=dropout_p)
@@ -74,6 +75,8 @@ def sdpa_attention(
     use_flag = causal and bias is None and T == S
     mask = None if use_flag else combine(causal_bias(T, S, device=q.device) if causal else None, bias)
     if mask is not None:
+        if q.dtype.is_floating_point and torch.finfo(q.dtype).bits < 32:  # -1e9 is -inf in float16
+            mask = mask.clamp_min(masked_value(q.dtype))
         mask = mask.to(q.dtype)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0, is_causal=use_flag, scale=scale

@@ -62,9 +62,13 @@ def _bias_tile(bias: torch.Tensor, r0: int, r1: int, j0: int, j1: int) -> torch.
 def _tile_scores(q, k, bias, causal, scale, offset, r0, j0, j1, pattern=None):
     """Scores of the queries ``r0:`` against the key tile ``j0:j1``: ``(B, H, T - r0, j1 - j0)``."""
     T = q.shape[-2]
-    s = (q[..., r0:, :] @ k[..., j0:j1, :].transpose(-2, -1)) * scale
+    acc = torch.promote_types(q.dtype, torch.float32)  # float16 q k^T overflows; the mask is -inf in float16
+    s = (q[..., r0:, :].to(acc) @ k[..., j0:j1, :].to(acc).transpose(-2, -1)) * scale
     if bias is not None:
-        s = s + _bias_tile(bias, r0, T, j0, j1)
+        tile = _bias_tile(bias, r0, T, j0, j1)
+        if torch.finfo(tile.dtype).bits < 32:  # a float16 mask holds -inf: keep it finite (-inf - -inf is nan)
+            tile = tile.to(acc).clamp_min(MASKED)
+        s = s + tile
     if pattern is not None:  # a sparse pattern, built for this tile alone
         s = s + torch.where(pattern.allowed(slice(r0, T), slice(j0, j1)), 0.0, MASKED).to(s.dtype)
     if causal and j1 - 1 > r0 + offset:  # the tile reaches above the diagonal

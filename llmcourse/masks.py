@@ -32,10 +32,16 @@ def relative_positions(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor
     return k_pos[..., None, :] - q_pos[..., :, None]
 
 
+def masked_value(dtype: torch.dtype = torch.float32) -> float:
+    """:data:`MASKED` in ``dtype``: -1e9 for float32/float64/bfloat16; for float16 (max 65504, where -1e9 is
+    ``-inf``) a quarter of its most negative value, so two masks still add up without overflowing."""
+    return max(MASKED, torch.finfo(dtype).min / 4) if dtype.is_floating_point else MASKED
+
+
 def allowed_to_bias(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Turn a boolean "may attend" tensor into an additive bias of the same shape."""
+    """Turn a boolean "may attend" tensor into an additive bias of the same shape (finite in every float dtype)."""
     zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return torch.where(allowed, zero, torch.tensor(MASKED, dtype=dtype, device=allowed.device))
+    return torch.where(allowed, zero, torch.tensor(masked_value(dtype), dtype=dtype, device=allowed.device))
 
 
 def causal_allowed(T: int, S: int | None = None, offset: int | None = None, device=None) -> torch.Tensor:
@@ -141,7 +147,7 @@ def combine(*biases: torch.Tensor | None) -> torch.Tensor | None:
 
 def allowed_from_bias(bias: torch.Tensor) -> torch.Tensor:
     """Which entries of a bias are visible (the inverse of :func:`allowed_to_bias`, for plotting and tests)."""
-    return bias > MASKED / 2
+    return bias > masked_value(bias.dtype) / 2
 
 
 # --- sparse attention patterns (chapter 05) ------------------------------------
