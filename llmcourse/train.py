@@ -452,16 +452,18 @@ class Trainer:
         was_training = self.wrapped.training
         self.wrapped.eval()
         losses = []
-        with self.own_rng():
-            for batch in self.val_set:
-                rows = next((v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), 0)
-                if self.world_size > 1 and rows % self.world_size == 0:
-                    keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows]
-                    per_rank = rows // self.world_size
-                    batch = _rows(batch, keys, self.rank * per_rank, (self.rank + 1) * per_rank)
-                with self._autocast():
-                    losses.append(float(self.loss_fn(self.wrapped, self._to_device(batch))))
-        self.wrapped.train(was_training)
+        try:  # a loss that raises must not leave the model in eval mode (dropout off for the rest of training)
+            with self.own_rng():
+                for batch in self.val_set:
+                    rows = next((v.shape[0] for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), 0)
+                    if self.world_size > 1 and rows % self.world_size == 0:
+                        keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows]
+                        per_rank = rows // self.world_size
+                        batch = _rows(batch, keys, self.rank * per_rank, (self.rank + 1) * per_rank)
+                    with self._autocast():
+                        losses.append(float(self.loss_fn(self.wrapped, self._to_device(batch))))
+        finally:
+            self.wrapped.train(was_training)
         return _all_reduce_mean([sum(losses) / len(losses)], self.device)[0]
 
     # --- one step ---------------------------------------------------------------
@@ -954,7 +956,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m llmcourse.train",
         description="Train a decoder-only language model from a config file (JSON, or TOML by its .toml suffix) "
         "with sections model (ModelConfig fields), train (TrainConfig fields) and data (corpus, tokenizer, "
-        "val_fraction, plays). Under torchrun every process runs this same command (DDP; batch_size is global).",
+        "val_fraction, plays). Under torchrun every process runs this same command (DDP or FSDP; batch_size is global).",
     )
     p.add_argument("--config", required=True, type=Path, metavar="FILE", help="run file: JSON, or TOML with a .toml suffix")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for history.json and the checkpoints")
