@@ -145,6 +145,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; check the path, or train and save one first.")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {str(path)!r} is a folder; pass the .safetensors file written by save_checkpoint.")
+    if not path.is_file():  # a FIFO would block forever, a device never end
+        raise CheckpointError(
+            f"checkpoint path {str(path)!r} is not a regular file (a device, pipe or socket); copy the checkpoint to a "
+            "file and pass its path."
+        )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80" or head == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{str(path)!r} is a pickle or torch.save file, not an llmcourse checkpoint (safetensors); it is never "
+            "unpickled here. Load it with torch.load(weights_only=True) if you trust it, and save it with save_checkpoint."
+        )
     try:
         state = load_file(str(path))
         from safetensors import safe_open

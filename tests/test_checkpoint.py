@@ -159,3 +159,26 @@ def test_load_weights_refuses_another_rope_pairing(tiny_config, tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", build_model(rope, seed=0))
     with pytest.raises(CheckpointError, match="rope_pairing: checkpoint 'half', model 'interleaved'"):
         load_weights(build_model(rope.replace(rope_pairing="interleaved"), seed=0), load_checkpoint(path))
+
+
+def test_load_checkpoint_refuses_pipes_devices_folders_and_pickles(tmp_path):
+    """Issue 18 item 6 (a FIFO blocked forever) and the rest of the list (a folder or a pickle was 'truncated or corrupt')."""
+    import os
+    import pickle
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint("/dev/zero")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
+    pkl = tmp_path / "model.pt"
+    pkl.write_bytes(pickle.dumps({"w": [1, 2]}))
+    with pytest.raises(CheckpointError, match="pickle or torch.save file.*never unpickled"):
+        load_checkpoint(pkl)
+    zipped = tmp_path / "model.pth"
+    torch.save({"w": torch.zeros(2)}, zipped)
+    with pytest.raises(CheckpointError, match="pickle or torch.save file"):
+        load_checkpoint(zipped)

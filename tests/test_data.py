@@ -93,3 +93,24 @@ def test_a_prepared_character_tokenizer_is_used_as_given(tmp_path, text):
         short = tmp_path / "short.txt"
         short.write_text("aaaaaaaa", encoding="utf-8")
         load_corpus(short, tokenizer=BPETokenizer.train("aaaaaaaa", 260))
+
+
+def test_corpus_refuses_devices_and_pipes_instead_of_hanging(tmp_path):
+    """Issue 18 item 6: /dev/zero was read until memory ran out, a FIFO blocked forever."""
+    import os
+
+    from llmcourse.data import corpus_text
+
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_corpus("/dev/zero")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        corpus_text(fifo)
+
+
+@pytest.mark.parametrize("plays", [0, -1, 1.5, True])
+def test_plays_must_be_a_positive_count(plays):
+    """Issue 18, the rest of the list: plays=0 returned every play and plays=-1 all but the last."""
+    with pytest.raises(ValueError, match=rf"plays={plays!r} must be a positive number of plays"):
+        corpus_text("shakespeare", plays=plays)
