@@ -14,6 +14,8 @@ row computes what its prompt alone would (greedy decoding gives the same tokens)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -29,6 +31,11 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick the next token from the last position's logits. Shapes: ``(B, V) -> (B, 1)``."""
+    if bool(torch.isnan(logits).any()):  # argmax of nan is an arbitrary token; multinomial fails obscurely
+        raise FloatingPointError(
+            "the model produced nan logits, so no next token can be chosen; its weights or inputs are not finite "
+            "(check the checkpoint, or a float16 model's range)."
+        )
     if greedy or temperature == 0:
         return logits.argmax(-1, keepdim=True)
     if temperature < 0:
@@ -41,6 +48,25 @@ def sample_next(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator)
+
+
+def _check_generation_args(
+    model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+    eos_token_id: int | None,
+) -> None:
+    """The argument checks ``generate`` and ``generate_seq2seq`` share."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0.")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 means greedy).")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0):
+        raise ValueError(f"top_k={top_k!r} must be a positive integer number of candidate tokens, or None.")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a 2-D (B, T) tensor of token ids, got {shape}; add a batch dimension with ids[None].")
+    V = model.config.vocab_size
+    if eos_token_id is not None and (not isinstance(eos_token_id, int) or isinstance(eos_token_id, bool) or not 0 <= eos_token_id < V):
+        raise ValueError(f"eos_token_id={eos_token_id!r} must be a token id in [0, vocab_size={V}), or None.")
 
 
 def _finish(next_ids: torch.Tensor, done: torch.Tensor, eos_token_id: int | None, pad_token_id: int | None) -> torch.Tensor:
@@ -77,10 +103,18 @@ def generate(
     """
     if not isinstance(model, DecoderLM):
         raise ValueError(f"generate() is for decoder-only models; use generate_seq2seq() for {type(model).__name__}.")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0.")
-    cfg = model.config
+    _check_generation_args(model, input_ids, max_new_tokens, temperature, top_k, eos_token_id)
     was_training = model.training
+    try:  # an error half-way must not leave the model in eval mode
+        return _generate(model, input_ids, max_new_tokens, temperature, top_k, greedy, use_cache, prefix_len,
+                         eos_token_id, generator, attention_mask)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model, input_ids, max_new_tokens, temperature, top_k, greedy, use_cache, prefix_len, eos_token_id,
+              generator, attention_mask):
+    cfg = model.config
     model.eval()
     B, T = input_ids.shape
     if T == 0:
@@ -117,7 +151,6 @@ def generate(
                 window_prefix["prefix_len"] = p.clamp(0, window.shape[1]).reshape(-1).to(torch.long)
             window_mask = mask[:, -cfg.max_seq_len :] if mask is not None else None
             logits = model(window, **_padding_kwargs(window_mask), **window_prefix)[:, -1]
-    model.train(was_training)
     return ids
 
 
@@ -165,11 +198,22 @@ def generate_seq2seq(
     """Encode ``input_ids (B, S)`` once, then decode. Returns decoder ids ``(B, 1 + new)`` starting with the start token."""
     if not isinstance(model, EncoderDecoderLM):
         raise ValueError(f"generate_seq2seq() is for encoder-decoder models; use generate() for {type(model).__name__}.")
+    _check_generation_args(model, input_ids, max_new_tokens, temperature, top_k, eos_token_id)
     cfg = model.config
     # the last step feeds the start token and max_new_tokens - 1 generated ones: positions 0 .. max_new_tokens - 1
     if max_new_tokens > cfg.max_seq_len and not model.decoder.positions.extrapolates:
         raise ValueError(f"max_new_tokens={max_new_tokens} runs past the decoder's context max_seq_len={cfg.max_seq_len}.")
     was_training = model.training
+    try:  # an error half-way must not leave the model in eval mode
+        return _generate_seq2seq(model, input_ids, max_new_tokens, attention_mask, temperature, top_k, greedy,
+                                 use_cache, eos_token_id, generator)
+    finally:
+        model.train(was_training)
+
+
+def _generate_seq2seq(model, input_ids, max_new_tokens, attention_mask, temperature, top_k, greedy, use_cache,
+                      eos_token_id, generator):
+    cfg = model.config
     model.eval()
     B = input_ids.shape[0]
     memory = model.encode(input_ids, attention_mask)
@@ -185,5 +229,4 @@ def generate_seq2seq(
         if eos_token_id is not None and bool(done.all()):
             break
         step_ids = next_ids if use_cache else ids
-    model.train(was_training)
     return ids

@@ -166,3 +166,40 @@ def test_padding_masks_are_checked():
         _generate(model, ids, 2, greedy=True, attention_mask=torch.tensor([[0.0, -1e9, 0, 0], [1, 1, 1, 1]]))
     with _pytest.raises(ValueError, match="shape"):
         _generate(model, ids, 2, greedy=True, attention_mask=torch.ones(2, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=-1), "max_new_tokens=-1"),
+        (dict(max_new_tokens=2.5), "max_new_tokens=2.5"),
+        (dict(temperature=float("nan")), "temperature=nan"),
+        (dict(temperature=float("inf")), "temperature=inf"),
+        (dict(top_k=2.5), "top_k=2.5"),
+        (dict(eos_token_id=V), f"eos_token_id={V} must be a token id in \\[0, vocab_size={V}\\)"),
+        (dict(input_ids=torch.arange(4)), "input_ids must be a 2-D"),
+    ],
+)
+@pytest.mark.parametrize("seq2seq", [False, True])
+def test_generation_arguments_are_checked_alike(kwargs, message, seq2seq):
+    """Issue 18, the rest of the list: one shared argument check for generate and generate_seq2seq."""
+    model = build_model(_cfg(arch="encoder_decoder") if seq2seq else _cfg(), seed=0)
+    fn = generate_seq2seq if seq2seq else generate
+    args = dict(input_ids=_ids(), max_new_tokens=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        fn(model, args.pop("input_ids"), args.pop("max_new_tokens"), **args)
+
+
+def test_generate_restores_training_mode_after_an_error_and_refuses_nan_logits():
+    model = build_model(_cfg(), seed=0).train()
+    with pytest.raises(ValueError, match="right padding"):
+        generate(model, _ids(B=2, L=4), 2, attention_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]))
+    assert model.training
+    with torch.no_grad():
+        model.tok_emb.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="nan logits"):
+        generate(model, _ids(), 2, greedy=True)
+    assert model.training
+    with pytest.raises(FloatingPointError, match="nan logits"):
+        sample_next(torch.tensor([[0.0, float("nan")]]), greedy=True)

@@ -552,3 +552,18 @@ def test_train_config_refuses_bad_optimiser_fields(kwargs, field):
     with pytest.raises(ValueError) as err:
         TrainConfig(**kwargs)
     assert field in str(err.value)
+
+
+def test_evaluate_restores_training_mode_when_the_loss_raises(tiny_config, token_ids):
+    """Issue 18, the rest of the list: an error inside evaluate() left the model in eval mode (dropout off)."""
+    def loss_fn(model, batch):
+        if not model.training:
+            raise RuntimeError("boom in eval")
+        return lm_loss(model, batch)
+
+    cfg = TrainConfig(steps=2, batch_size=4, eval_batches=1, progress=False)
+    trainer = Trainer(build_model(tiny_config, seed=0), cfg, LMBatches(token_ids, 4, 32), LMBatches(token_ids, 4, 32), loss_fn)
+    trainer.model.train()
+    with pytest.raises(RuntimeError, match="boom in eval"):
+        trainer.evaluate()
+    assert trainer.model.training
