@@ -153,8 +153,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             "file and pass its path."
         )
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] == b"\x80" or head == b"PK\x03\x04":
+        head = f.read(9)
+    # A safetensors file starts with its header's length (8 bytes, little-endian) and then "{"; that length's
+    # first byte may well be 0x80, so only a file without the "{" is judged by pickle's and zip's magic bytes.
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"):
         raise CheckpointError(
             f"{str(path)!r} is a pickle or torch.save file, not an llmcourse checkpoint (safetensors); it is never "
             "unpickled here. Load it with torch.load(weights_only=True) if you trust it, and save it with save_checkpoint."

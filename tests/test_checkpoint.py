@@ -182,3 +182,21 @@ def test_load_checkpoint_refuses_pipes_devices_folders_and_pickles(tmp_path):
     torch.save({"w": torch.zeros(2)}, zipped)
     with pytest.raises(CheckpointError, match="pickle or torch.save file"):
         load_checkpoint(zipped)
+
+
+def test_a_checkpoint_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """safetensors begins with the header length; a length whose low byte is 0x80 once looked like pickle's PROTO."""
+    import struct
+
+    from llmcourse.config import ModelConfig
+    from llmcourse.models import build_model
+
+    model = build_model(ModelConfig(vocab_size=11, d_model=8, n_heads=2, n_layers=1, max_seq_len=4), seed=0)
+    for pad in range(300):  # vary the header's length until its first byte is 0x80
+        path = save_checkpoint(tmp_path / "c.safetensors", model, trainer={"note": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        raise AssertionError("no header length with a first byte of 0x80 in 300 tries")
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 0x80
+    load_checkpoint(path)  # a valid checkpoint, whatever its header length
