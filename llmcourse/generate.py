@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from .masks import check_attention_mask
 from .models import DecoderLM, EncoderDecoderLM
 
 
@@ -161,9 +162,7 @@ def _check_padding(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> tor
             f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
             "give one 0/1 entry per prompt token."
         )
-    if attention_mask.dtype != torch.bool and bool(((attention_mask != 0) & (attention_mask != 1)).any()):
-        raise ValueError("attention_mask must hold 0 (padding) and 1 (prompt token) only.")
-    mask = attention_mask.long()
+    mask = check_attention_mask(attention_mask).long()  # bool or 0/1 only: an additive mask is refused
     if bool((mask.sum(-1) == 0).any()):
         raise ValueError("a row of attention_mask is all padding; give every prompt at least one token.")
     if bool((mask[:, 1:] < mask[:, :-1]).any()):

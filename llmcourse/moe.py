@@ -383,8 +383,8 @@ class MoEFeedForward(nn.Module):
             n_shared_experts=config.n_shared_experts,
             dispatch=config.moe_dispatch,
             # not ModelConfig fields yet: the HF converters set these attributes on each layer
-            capacity_scope=getattr(config, "moe_capacity_scope", "batch"),
-            router_renormalize=getattr(config, "router_renormalize", None),
+            capacity_scope=config.moe_capacity_scope,
+            router_renormalize=config.router_renormalize,
         )
 
     def capacity(self, tokens: int) -> int | None:

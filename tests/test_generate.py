@@ -162,7 +162,7 @@ def test_padding_masks_are_checked():
         _generate(model, ids, 2, greedy=True, attention_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]))
     with _pytest.raises(ValueError, match="all padding"):
         _generate(model, ids, 2, greedy=True, attention_mask=torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))
-    with _pytest.raises(ValueError, match="0 \\(padding\\) and 1"):
+    with _pytest.raises(ValueError, match="1 \\(real token\\) and 0 \\(padding\\)"):
         _generate(model, ids, 2, greedy=True, attention_mask=torch.tensor([[0.0, -1e9, 0, 0], [1, 1, 1, 1]]))
     with _pytest.raises(ValueError, match="shape"):
         _generate(model, ids, 2, greedy=True, attention_mask=torch.ones(2, 3))

@@ -11,9 +11,7 @@ feed-forward block is a sparse mixture of ``E`` SwiGLU experts in every layer. I
 capacity limit, so no token is ever dropped (``capacity_factor=None``). One difference: HF
 renormalises for every ``k``, so with ``num_experts_per_tok=1`` its gate is exactly 1, where the
 course's top-1 rule (Switch) keeps the top probability. The converted routers get
-``renormalize=True`` (the same function for ``k > 1``, HF's for ``k = 1``); through
-:func:`llmcourse.hf.from_hf` that needs the ``ModelConfig`` field ``router_renormalize``, so a
-top-1 Mixtral converts there only once the field exists (:func:`convert` works either way).
+``router_renormalize=True`` (the same function for ``k > 1``, HF's for ``k = 1``).
 
 The name map (:data:`RULES`, plus :func:`expert_rules` for the ``E`` experts):
 
@@ -38,7 +36,6 @@ Differences that do not change the logits in eval mode:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -48,12 +45,10 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import DecoderLM
-from ..moe import moe_layers
 from .base import Converter, Needs, Rule, Transform, convert_from_hf, plain, require
 
 _ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu"}
 _HF_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
-_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 L, B = "model.layers.{i}.", "decoder.blocks.{i}."
 RULES = (
@@ -95,12 +90,8 @@ class ExpertsConverter(Converter):
         return [*self.experts(config.n_experts), *super().all_rules(config)]
 
 
-def model_config(hf_config, set_after_build: bool = False) -> ModelConfig:
-    """The :class:`ModelConfig` of a ``MixtralConfig``; raises ``ValueError`` for what the course cannot express.
-
-    ``set_after_build``: :func:`convert` sets ``router.renormalize`` on the built layers itself,
-    so a top-1 Mixtral converts even while ``ModelConfig`` has no ``router_renormalize`` field.
-    """
+def model_config(hf_config) -> ModelConfig:
+    """The :class:`ModelConfig` of a ``MixtralConfig``; raises ``ValueError`` for what the course cannot express."""
     c = hf_config
     rope = dict(getattr(c, "rope_parameters", None) or {})
     rope_type = rope.get("rope_type", "default")
@@ -110,15 +101,7 @@ def model_config(hf_config, set_after_build: bool = False) -> ModelConfig:
         )
     if c.hidden_act not in _ACTIVATIONS:
         raise ValueError(f"hidden_act={c.hidden_act!r} has no gated FFN in the course; use one of {', '.join(_ACTIVATIONS)}.")
-    extra = {}
-    if "router_renormalize" in _FIELDS:
-        extra["router_renormalize"] = True  # HF renormalises the gates for every k, k = 1 included
-    elif c.num_experts_per_tok == 1 and not set_after_build:
-        raise ValueError(
-            "num_experts_per_tok=1: HF Mixtral renormalises its single gate to 1, the course's top-1 rule keeps the "
-            "router probability, and this ModelConfig has no router_renormalize field to ask for HF's rule; convert "
-            "with llmcourse.hf.mixtral.convert(model), which sets it on the layers."
-        )
+    extra = {"router_renormalize": True}  # HF renormalises the gates for every k, k = 1 included
     return ModelConfig(
         vocab_size=c.vocab_size,
         d_model=c.hidden_size,
@@ -162,7 +145,7 @@ def hf_config(config: ModelConfig) -> dict:
         n_shared_experts=0, moe_every=1, moe_offset=0,
         expert_d_ff=(None, config.resolved_d_ff),
     )
-    if config.top_k == 1 and getattr(config, "router_renormalize", None) is not True:
+    if config.top_k == 1 and config.router_renormalize is not True:
         raise ValueError(
             "MixtralForCausalLM cannot express top_k=1 with the course's top-1 gate (the router probability): "
             "HF renormalises the single gate to 1; use top_k >= 2, or router_renormalize=True."
@@ -199,9 +182,5 @@ CONVERTER = ExpertsConverter(
 
 def convert(hf_model: nn.Module) -> DecoderLM:
     """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``MixtralForCausalLM``); same logits, any ``k``."""
-    converter = dataclasses.replace(CONVERTER, model_config=functools.partial(model_config, set_after_build=True))
-    model = convert_from_hf(converter, hf_model)
-    for layer in moe_layers(model):
-        layer.router.renormalize = True  # HF renormalises the top-k gates for every k, k = 1 included
-    return model
+    return convert_from_hf(CONVERTER, hf_model)
 

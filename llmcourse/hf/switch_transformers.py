@@ -38,21 +38,17 @@ does, read from its source, and how the course matches it:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 
 from torch import nn
 
 from ..config import ModelConfig
 from ..models import EncoderDecoderLM
-from ..moe import moe_layers
 from .base import Converter, Needs, Rule, convert_from_hf, plain, require
 
 # HF dense_act_fn -> course ffn (Switch experts and dense layers are plain two-matrix FFNs)
 _FFNS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "silu": "swish"}
 _HF_FFNS = {ours: theirs for theirs, ours in _FFNS.items()}
 _PROJ = (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj"))
-_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def _stack_rules(stack: str, cross: bool) -> tuple[Rule, ...]:
@@ -104,12 +100,8 @@ def moe_pattern(encoder: list[bool], decoder: list[bool]) -> tuple[int, int] | N
     )
 
 
-def model_config(hf_config, set_after_build: bool = False) -> ModelConfig:
-    """The :class:`ModelConfig` of a ``SwitchTransformersConfig``; raises ``ValueError`` for what the course cannot express.
-
-    ``set_after_build``: :func:`convert` sets ``capacity_scope="sequence"`` on the built layers
-    itself, so it converts even while ``ModelConfig`` has no ``moe_capacity_scope`` field.
-    """
+def model_config(hf_config) -> ModelConfig:
+    """The :class:`ModelConfig` of a ``SwitchTransformersConfig``; raises ``ValueError`` for what the course cannot express."""
     c = hf_config
     if c.dense_act_fn not in _FFNS:
         raise ValueError(f"dense_act_fn={c.dense_act_fn!r} has no course FFN; Switch converts with one of {', '.join(_FFNS)}.")
@@ -132,15 +124,8 @@ def model_config(hf_config, set_after_build: bool = False) -> ModelConfig:
             router_jitter=float(c.router_jitter_noise), router_bias=bool(c.router_bias),
             balance_loss_coef=float(c.router_aux_loss_coef), router_z_loss_coef=float(c.router_z_loss_coef),
             moe_every=pattern[0], moe_offset=pattern[1],
+            moe_capacity_scope="sequence",  # HF ranks tokens per row
         )
-        if "moe_capacity_scope" in _FIELDS:
-            moe["moe_capacity_scope"] = "sequence"  # HF ranks tokens per row
-        elif not set_after_build:
-            raise ValueError(
-                "Switch Transformers counts expert_capacity per sequence, and this ModelConfig has no "
-                "moe_capacity_scope field to say so (the course's default lets every token of the batch compete); "
-                "convert with llmcourse.hf.switch_transformers.convert(model), which sets it on the layers."
-            )
     start = getattr(c, "decoder_start_token_id", None)
     return ModelConfig(
         arch="encoder_decoder",
@@ -238,8 +223,4 @@ def convert(hf_model: nn.Module) -> EncoderDecoderLM:
 
     Same logits, dropped tokens included: every MoE layer counts capacity per sequence as HF does.
     """
-    converter = dataclasses.replace(CONVERTER, model_config=functools.partial(model_config, set_after_build=True))
-    model = convert_from_hf(converter, hf_model)
-    for layer in moe_layers(model):
-        layer.capacity_scope = "sequence"  # HF ranks tokens per row (see the module docstring)
-    return model
+    return convert_from_hf(CONVERTER, hf_model)
