@@ -4,7 +4,7 @@ The package is the book's toolbox. Import ladder (lower floors never import high
 
 1. ``config``, ``kernels`` (the attention-kernel registry), ``auxiliary`` (auxiliary losses and
    statistics), ``counting``, ``masks``, ``data``, ``tokenizers``, ``progress``, ``notebook``
-2. ``norms``, ``ffn``, ``positions``, ``efficient_attention``, ``objectives``, ``checkpoint``
+2. ``norms``, ``ffn``, ``positions``, ``efficient_attention``, ``objectives``, ``denoising``, ``checkpoint``
 3. ``attention``, ``moe``
 4. ``blocks``
 5. ``models``

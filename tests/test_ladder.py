@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llmcourse"
 
 FLOORS = {
     1: {"config", "kernels", "auxiliary", "masks", "data", "tokenizers", "progress", "counting", "notebook"},
-    2: {"norms", "ffn", "positions", "efficient_attention", "objectives", "checkpoint"},
+    2: {"norms", "ffn", "positions", "efficient_attention", "objectives", "denoising", "checkpoint"},
     3: {"attention", "moe"},
     4: {"blocks"},
     5: {"models"},
