@@ -170,12 +170,14 @@ class MultiHeadAttention(nn.Module):
         head_dim: int | None = None,
         *,
         bias: bool = True,
+        qkv_bias: bool | None = None,
         dropout: float = 0.0,
         impl: str = "explicit",
         scale: float | None = None,
         kernel_options: dict | None = None,
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
+        norm_gain_offset: float = 0.0,
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -193,13 +195,16 @@ class MultiHeadAttention(nn.Module):
         self.spec = kernel_spec(impl)
         self.kernel = self.spec.function()
         self.kernel_options = dict(kernel_options or {})
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=bias)
+        qkv_bias = bias if qkv_bias is None else qkv_bias  # Qwen2: biased q, k, v; unbiased output
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
-        # QK-norm (Qwen3, OLMo 2): RMSNorm over each head's query and key, before RoPE
-        self.q_norm = RMSNorm(head_dim, eps=norm_eps, fused=True) if qk_norm else None
-        self.k_norm = RMSNorm(head_dim, eps=norm_eps, fused=True) if qk_norm else None
+        # QK-norm (Qwen3, OLMo 2): RMSNorm over each head's query and key (over Dh, one gain shared by
+        # the heads), before RoPE
+        qk = dict(eps=norm_eps, fused=True, gain_offset=norm_gain_offset)
+        self.q_norm = RMSNorm(head_dim, **qk) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, **qk) if qk_norm else None
         # roles read by blocks.init_weights (GPT-2's scaled residual init, DeepNorm's beta)
         self.q_proj.init_role = self.k_proj.init_role = "attn_qk"
         self.v_proj.init_role = "attn_v"

@@ -11,7 +11,8 @@ according to ``ModelConfig.norm_placement``:
 - ``deepnorm`` (Wang et al. 2022):     ``x <- LN(alpha * x + G(x))``, with G's value, output
   and feed-forward weights initialised scaled by ``beta`` (see :func:`init_weights`)
 
-and ``parallel_residual`` computes ``x + attn(LN1(x)) + ffn(LN2(x))`` (GPT-J, GPT-NeoX, PaLM).
+and ``parallel_residual`` computes ``x + attn(LN1(x)) + ffn(LN2(x))`` (GPT-NeoX), or with
+``parallel_shared_norm`` one norm for both, ``x + attn(LN(x)) + ffn(LN(x))`` (GPT-J, PaLM, Falcon).
 In a decoder with cross-attention the parallel form gets a third branch,
 ``x + attn(LN1(x)) + cross(LN3(x)) + ffn(LN2(x))``: every branch reads the same
 block input, which is the point of the parallel form (PaLM fuses the branches'
@@ -53,6 +54,14 @@ def kernel_options(config: ModelConfig) -> dict:
     return kernel_spec(config.attn_impl).options_from(config)
 
 
+def build_norm(config: ModelConfig) -> nn.Module:
+    """A ``d_model``-wide norm as ``config`` describes it (kind, eps, bias, fused kernel, gain offset)."""
+    return make_norm(
+        config.norm, config.d_model, config.norm_eps, config.resolved_norm_bias, fused=config.fused_kernels,
+        gain_offset=config.norm_gain_offset,
+    )
+
+
 def _attention(config: ModelConfig) -> MultiHeadAttention:
     return MultiHeadAttention(
         config.d_model,
@@ -60,12 +69,14 @@ def _attention(config: ModelConfig) -> MultiHeadAttention:
         config.resolved_n_kv_heads,
         config.resolved_head_dim,
         bias=config.bias,
+        qkv_bias=config.resolved_qkv_bias,
         dropout=config.dropout,
         impl=config.attn_impl,
         scale=config.resolved_attn_scale,
         kernel_options=kernel_options(config),
         qk_norm=config.qk_norm,
         norm_eps=config.norm_eps,
+        norm_gain_offset=config.norm_gain_offset,
     )
 
 
@@ -94,10 +105,8 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig, cross_attention: bool = False, alpha: float = 1.0, layer: int = 0) -> None:
         super().__init__()
-        D, eps, nb = config.d_model, config.norm_eps, config.resolved_norm_bias
-
         def norm() -> nn.Module:
-            return make_norm(config.norm, D, eps, nb, fused=config.fused_kernels)
+            return build_norm(config)
 
         self.placement = config.norm_placement
         self.parallel_residual = config.parallel_residual
@@ -106,7 +115,7 @@ class Block(nn.Module):
         self.attn = _attention(config)
         self.cross_attn = _attention(config) if cross_attention else None
         self.cross_norm = norm() if cross_attention else None
-        self.ffn_norm = norm()
+        self.ffn_norm = None if config.parallel_shared_norm else norm()  # shared: attn_norm feeds the FFN too
         self.ffn = feed_forward(config, layer)
         post = config.placement.post_norms
         self.attn_post_norm = norm() if post else None
@@ -153,7 +162,9 @@ class Block(nn.Module):
                 return self.cross_attn(h, context=context, bias=context_bias, cache=cross_cache)
 
         if self.parallel_residual:  # every branch reads the same block input (see the module docstring)
-            out = x + self.dropout(self_attention(self.attn_norm(x))) + self.dropout(self.ffn(self.ffn_norm(x)))
+            h = self.attn_norm(x)
+            ffn_in = h if self.ffn_norm is None else self.ffn_norm(x)
+            out = x + self.dropout(self_attention(h)) + self.dropout(self.ffn(ffn_in))
             if cross_attention is not None:
                 out = out + self.dropout(cross_attention(self.cross_norm(x)))
             return out
@@ -172,7 +183,7 @@ def init_weights(module: nn.Module, config: ModelConfig, n_layers: int, beta: fl
     """Initialise one stack's parameters by the *role* each submodule declares (``module.init_role``).
 
     Linear and embedding weights ~ N(0, init_std), biases 0, norms (role
-    ``"norm"``) gain 1 and bias 0. With ``scaled_residual_init`` the
+    ``"norm"``) gain 1 (weight ``1 - gain_offset``) and bias 0. With ``scaled_residual_init`` the
     projections that write into the residual stream (role ``"residual_out"``:
     ``o_proj``, ``down_proj``) get ``init_std / sqrt(2 * n_layers)`` (GPT-2).
     With DeepNorm, ``beta`` is given: every attention and FFN matrix is
@@ -190,8 +201,8 @@ def init_weights(module: nn.Module, config: ModelConfig, n_layers: int, beta: fl
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            if role == "norm":
-                nn.init.ones_(p) if pname == "weight" else nn.init.zeros_(p)
+            if role == "norm":  # gain 1: weight 1 - gain_offset (Gemma stores gamma - 1)
+                nn.init.constant_(p, 1.0 - getattr(sub, "gain_offset", 0.0)) if pname == "weight" else nn.init.zeros_(p)
             elif p.dim() == 1:
                 nn.init.zeros_(p)
             elif beta is not None and role in DEEPNORM_GAIN_ONE + DEEPNORM_SCALED:

@@ -110,6 +110,24 @@ class ModelConfig:
     d_ff n_layers vocab_size max_seq_len dropout bias norm_eps rope_theta
     n_experts top_k``). ``None`` means "derive the usual default", documented
     per field; :meth:`resolved` fills those in.
+
+    Fields that let one architecture express a converted family's details (each
+    usable by any model, and validated like the others):
+
+    - ``qkv_bias``: biases on the query, key and value projections only, apart
+      from ``bias`` (which then covers the output projection and the
+      feed-forward); Qwen2 is ``bias=False, qkv_bias=True``. ``None``: as ``bias``.
+    - ``norm_gain_offset``: every norm multiplies by ``norm_gain_offset + weight``;
+      Gemma stores its RMSNorm gains as ``gamma - 1`` (``1.0``), so its weights
+      start at 0. The weights are initialised to ``1 - norm_gain_offset`` (gain 1).
+    - ``embed_scale``: the token embeddings are multiplied by it before the first
+      block (Gemma: ``sqrt(d_model)``); a tied output head reads the unscaled table.
+    - ``parallel_shared_norm``: with ``parallel_residual``, one norm feeds both
+      branches, ``x + attn(LN(x)) + ffn(LN(x))`` (GPT-J, Falcon-7B); the block
+      then has no ``ffn_norm``.
+    - ``qk_norm``: RMSNorm over each head's queries and keys (over ``head_dim``,
+      one gain per dimension shared by the heads), after the projections and
+      before RoPE (Qwen3, OLMo 2).
     """
 
     # --- sizes -----------------------------------------------------------
@@ -131,6 +149,7 @@ class ModelConfig:
     norm_bias: bool | None = None  # LayerNorm's beta; None: same as `bias`
     norm_eps: float = 1e-5
     norm_placement: str = "pre"  # pre | post | sandwich | deepnorm
+    norm_gain_offset: float = 0.0  # norms multiply by (offset + weight); Gemma: 1.0 (weights start at 1 - offset)
     embed_norm: bool = False  # an extra norm right after the embedding (BLOOM)
     final_norm: bool | None = None  # None: True for pre/sandwich, False for post/deepnorm
     # --- kernels -----------------------------------------------------------
@@ -157,8 +176,11 @@ class ModelConfig:
     sliding_window: int | None = None  # each query sees the last W keys (Mistral); the KV cache keeps only W
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3, OLMo 2)
     bias: bool = True  # biases in every linear layer (and norms unless norm_bias says otherwise)
+    qkv_bias: bool | None = None  # biases of the q/k/v projections alone; None: same as `bias` (Qwen2: True, bias False)
     # --- residual wiring and head ---------------------------------------
     parallel_residual: bool = False  # x + attn(norm(x)) + ffn(norm(x)) (GPT-J, GPT-NeoX, PaLM)
+    parallel_shared_norm: bool = False  # parallel_residual with one norm for both branches (GPT-J, Falcon-7B)
+    embed_scale: float = 1.0  # token embeddings times this before the first block (Gemma: sqrt(d_model))
     tie_embeddings: bool = True  # output projection shares the token embedding
     share_embeddings: bool = True  # encoder-decoder: one token embedding for both stacks
     logit_scale: float = 1.0  # multiply hidden states before the head (T5 v1.0 tied: d_model**-0.5)
@@ -260,6 +282,11 @@ class ModelConfig:
                 f"parallel_residual=True is defined for norm_placement='pre' (GPT-J, GPT-NeoX, PaLM), "
                 f"not {self.norm_placement!r}; set norm_placement='pre' or parallel_residual=False."
             )
+        if self.parallel_shared_norm and not self.parallel_residual:
+            raise ValueError(
+                "parallel_shared_norm=True shares one norm between the two branches of parallel_residual; set "
+                "parallel_residual=True as well, or parallel_shared_norm=False."
+            )
         if self.position_dims not in (1, 2):
             raise ValueError(f"position_dims={self.position_dims} must be 1 or 2 (GLM's two position ids).")
         if self.position_dims == 2 and self.position not in ("learned", "sinusoidal", "rope"):
@@ -304,9 +331,9 @@ class ModelConfig:
     def _check_types(self) -> None:
         """Types and finiteness of the fields the value checks below do not cover."""
         for name in ("embed_norm", "fused_kernels", "qk_norm", "bias", "parallel_residual", "tie_embeddings",
-                     "share_embeddings", "scaled_residual_init", "router_bias"):
+                     "share_embeddings", "scaled_residual_init", "router_bias", "parallel_shared_norm"):
             _flag(name, getattr(self, name))
-        for name in ("norm_bias", "final_norm"):
+        for name in ("norm_bias", "final_norm", "qkv_bias"):
             _flag(name, getattr(self, name), allow_none=True)
         for name in ("arch", "mask", "norm", "norm_placement", "ffn", "position", "rope_pairing", "attn_impl",
                      "attn_pattern", "moe_dispatch", "moe_capacity_scope"):
@@ -319,6 +346,9 @@ class ModelConfig:
         _real("sinusoidal_scale", self.sinusoidal_scale, allow_none=True)
         _real("attn_scale", self.attn_scale, allow_none=True, hint=" (None: 1/sqrt(head_dim); T5 uses 1.0)")
         _real("logit_scale", self.logit_scale, hint=" (1.0 unless tied T5 v1.0: d_model**-0.5)")
+        _real("embed_scale", self.embed_scale, hint=" (1.0, or sqrt(d_model) as Gemma)")
+        _real("norm_gain_offset", self.norm_gain_offset, positive=False,
+              hint=" (0.0: the weight is the gain; Gemma's 1.0: the gain is 1 + weight)")
         _real("init_std", self.init_std, hint=" (GPT-2 uses 0.02)")
         _real("capacity_factor", self.capacity_factor, allow_none=True, hint=" (Switch uses 1.0-1.25; None drops no tokens)")
         for name in ("n_experts", "attn_global_blocks", "attn_random_blocks", "decoder_start_token_id"):
@@ -419,6 +449,10 @@ class ModelConfig:
     @property
     def resolved_norm_bias(self) -> bool:
         return self.bias if self.norm_bias is None else self.norm_bias
+
+    @property
+    def resolved_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def resolved_rotary_dim(self) -> int:

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Block, LayerCache, init_weights
+from .blocks import Block, LayerCache, build_norm, init_weights
 from .checkpoint import load_checkpoint, load_weights
 from .config import ModelConfig
 from .masks import Pattern, check_attention_mask, combine, padding_bias, prefix_bias
-from .norms import make_norm
 from .positions import build_positions
 
 
@@ -36,11 +35,10 @@ class Stack(nn.Module):
         super().__init__()
         alpha, beta = config.deepnorm_constants(stack) if config.placement.deepnorm else (1.0, None)
         self.positions = build_positions(config, bidirectional=bidirectional or config.mask == "prefix")
-        D, eps, nb = config.d_model, config.norm_eps, config.resolved_norm_bias
-        self.embed_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if config.embed_norm else None
+        self.embed_norm = build_norm(config) if config.embed_norm else None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, cross_attention, alpha, layer=i) for i in range(n_layers))
-        self.final_norm = make_norm(config.norm, D, eps, nb, fused=config.fused_kernels) if config.resolved_final_norm else None
+        self.final_norm = build_norm(config) if config.resolved_final_norm else None
         self.config = config  # read for the sparse attention pattern (chapter 05)
         self.bidirectional = bidirectional
         init_weights(self, config, n_layers, beta)
@@ -141,6 +139,15 @@ def _check_length(total: int, config: ModelConfig, extrapolate: bool, name: str)
 class _LMHead(nn.Module):
     """Shared pieces of both models: token embedding and output projection (tied or not)."""
 
+    def _embed(self, ids: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
+        """Token embeddings ``(B, T) -> (B, T, D)``, times ``config.embed_scale`` (Gemma: ``sqrt(D)``).
+
+        The scale is cast to the table's dtype first, as Gemma does; a tied head reads the unscaled table.
+        """
+        h = embedding(ids)
+        scale = self.config.embed_scale
+        return h * torch.tensor(scale, dtype=h.dtype, device=h.device) if scale != 1.0 else h
+
     def _init_head(self, config: ModelConfig) -> None:
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         if self.lm_head is not None:
@@ -207,7 +214,7 @@ class DecoderLM(_LMHead):
             )
         if attention_mask is not None:
             check_attention_mask(attention_mask, every_row_real=True)
-        h = self.tok_emb(input_ids)  # (B, T, D)
+        h = self._embed(input_ids, self.tok_emb)  # (B, T, D)
         h = self.decoder(
             h, offset=offset, position_ids=position_ids, bias=bias, key_mask=attention_mask, causal=causal, caches=cache
         )
@@ -258,7 +265,7 @@ class EncoderDecoderLM(_LMHead):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}; they must match.")
         if attention_mask is not None:
             check_attention_mask(attention_mask, every_row_real=True)
-        return self.encoder(self.tok_emb(input_ids), position_ids=position_ids, key_mask=attention_mask, causal=False)
+        return self.encoder(self._embed(input_ids, self.tok_emb), position_ids=position_ids, key_mask=attention_mask, causal=False)
 
     def decode(
         self,
@@ -290,7 +297,7 @@ class EncoderDecoderLM(_LMHead):
             check_attention_mask(attention_mask, every_row_real=True)
         context_bias = padding_bias(attention_mask) if attention_mask is not None else None
         h = self.decoder(
-            self.decoder_embedding(decoder_input_ids), offset=offset, position_ids=position_ids, causal=True,
+            self._embed(decoder_input_ids, self.decoder_embedding), offset=offset, position_ids=position_ids, causal=True,
             context=memory, context_bias=context_bias, caches=cache,
         )
         return self._logits(h, self.decoder_embedding)

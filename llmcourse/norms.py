@@ -10,6 +10,10 @@ Both compute in at least float32 (as Llama does: half-precision inputs are
 upcast) and never narrower than the input (float64 stays float64), then cast
 back to the input's dtype (:func:`compute_dtype`).
 
+``gain_offset`` (``ModelConfig.norm_gain_offset``) makes the gain
+``gain_offset + weight``: Gemma stores ``gamma - 1`` and computes ``x_hat * (1 + w)``
+(``gain_offset=1.0``); the default 0 is the formulas above.
+
 With ``fused=True`` the same function is computed by PyTorch's own
 implementation (``F.layer_norm``, ``F.rms_norm``) instead of a chain of
 elementwise operations; tests prove the two paths equal. Models use it by
@@ -109,57 +113,83 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class LayerNorm(nn.Module):
+class _Gain:
+    """The gain a norm multiplies by: ``weight``, or ``gain_offset + weight`` (Gemma); weights start at gain 1."""
+
+    gain_offset: float
+    weight: nn.Parameter
+
+    def _init_gain(self, d_model: int, gain_offset: float) -> None:
+        self.gain_offset = float(gain_offset)
+        self.weight = nn.Parameter(torch.full((d_model,), 1.0 - self.gain_offset))
+
+    def gain(self, dtype: torch.dtype) -> torch.Tensor:
+        weight = self.weight.to(dtype)
+        return weight + self.gain_offset if self.gain_offset else weight
+
+    def _offset_repr(self) -> str:
+        return f", gain_offset={self.gain_offset}" if self.gain_offset else ""
+
+
+class LayerNorm(_Gain, nn.Module):
     """Layer normalization with an optional bias (``beta``). Shapes: ``(..., D) -> (..., D)``."""
 
     init_role = "norm"  # blocks.init_weights: gain 1, bias 0
 
-    def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True, fused: bool = False) -> None:
+    def __init__(
+        self, d_model: int, eps: float = 1e-5, bias: bool = True, fused: bool = False, gain_offset: float = 0.0
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.fused = fused
-        self.weight = nn.Parameter(torch.ones(d_model))
+        self._init_gain(d_model, gain_offset)
         self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.to(compute_dtype(dtype))
+        weight = self.gain(x.dtype)
         if self.fused:
-            weight = self.weight.to(x.dtype)
             bias = self.bias.to(x.dtype) if self.bias is not None else None
             return F.layer_norm(x, self.weight.shape, weight, bias, self.eps).to(dtype)
-        return layer_norm(x, self.weight, self.bias, self.eps).to(dtype)
+        return layer_norm(x, weight, self.bias, self.eps).to(dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}{self._offset_repr()}"
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(_Gain, nn.Module):
     """Root-mean-square normalization: no centring, no bias. Shapes: ``(..., D) -> (..., D)``."""
 
     init_role = "norm"  # blocks.init_weights: gain 1
 
-    def __init__(self, d_model: int, eps: float = 1e-6, fused: bool = False) -> None:
+    def __init__(self, d_model: int, eps: float = 1e-6, fused: bool = False, gain_offset: float = 0.0) -> None:
         super().__init__()
         self.eps = eps
         self.fused = fused
-        self.weight = nn.Parameter(torch.ones(d_model))
+        self._init_gain(d_model, gain_offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.to(compute_dtype(dtype))
+        weight = self.gain(x.dtype)
         if self.fused:
-            return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps).to(dtype)
-        return rms_norm(x, self.weight, self.eps).to(dtype)
+            return F.rms_norm(x, self.weight.shape, weight, self.eps).to(dtype)
+        return rms_norm(x, weight, self.eps).to(dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
+        return f"{self.weight.shape[0]}, eps={self.eps}{self._offset_repr()}"
 
 
-def make_norm(kind: str, d_model: int, eps: float, bias: bool = True, fused: bool = False) -> nn.Module:
-    """Build the norm named by ``ModelConfig.norm`` (``fused`` picks PyTorch's one-kernel path)."""
+def make_norm(
+    kind: str, d_model: int, eps: float, bias: bool = True, fused: bool = False, gain_offset: float = 0.0
+) -> nn.Module:
+    """Build the norm named by ``ModelConfig.norm`` (``fused`` picks PyTorch's one-kernel path).
+
+    ``gain_offset``: ``ModelConfig.norm_gain_offset`` (the gain is ``gain_offset + weight``).
+    """
     if kind == "layernorm":
-        return LayerNorm(d_model, eps=eps, bias=bias, fused=fused)
+        return LayerNorm(d_model, eps=eps, bias=bias, fused=fused, gain_offset=gain_offset)
     if kind == "rmsnorm":
-        return RMSNorm(d_model, eps=eps, fused=fused)
+        return RMSNorm(d_model, eps=eps, fused=fused, gain_offset=gain_offset)
     raise ValueError(f"norm={kind!r} is not a known norm; choose 'layernorm' or 'rmsnorm'.")

@@ -131,7 +131,7 @@ def test_from_pretrained_missing_folder_or_file(tmp_path):
 
 def test_from_pretrained_unsupported_architecture_lists_the_supported(tmp_path):
     transformers.MistralConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"'mistral' model .*supported model types: bloom, gpt2, gpt_neox, llama"):
+    with pytest.raises(ValueError, match=r"'mistral' model .*supported model types: bloom, falcon, gemma, gpt2, gpt_neox, llama"):
         from_pretrained(tmp_path)
 
 

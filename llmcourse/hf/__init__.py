@@ -36,6 +36,10 @@ CONVERTERS: dict[str, str] = {
     "opt": "opt",
     "mixtral": "mixtral",
     "switch_transformers": "switch_transformers",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma": "gemma",
+    "falcon": "falcon",
 }
 
 
@@ -74,7 +78,8 @@ def to_hf(model: nn.Module, model_type: str | None = None) -> nn.Module:
     """The ``transformers`` model equal to an llmcourse model (same weights, same logits).
 
     ``model_type`` picks the family (``"llama"``, ``"gpt2"``, ``"t5"``, ``"gpt_neox"``,
-    ``"bloom"``, ``"opt"``); by default the first in :data:`CONVERTERS` whose HF
+    ``"bloom"``, ``"opt"``, ``"mixtral"``, ``"switch_transformers"``, ``"qwen2"``, ``"qwen3"``,
+    ``"gemma"``, ``"falcon"``); by default the first in :data:`CONVERTERS` whose HF
     class can express ``model.config``. A config no family can express raises
     ``ValueError`` with each family's reason, each naming the config field.
     Dropout is not carried over (the HF model is returned in eval mode).

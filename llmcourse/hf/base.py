@@ -92,6 +92,33 @@ QKV_PER_HEAD = Transform(
     lambda ts, cfg: fuse_qkv(*ts, cfg.n_heads),
 )
 
+def split_qkv_per_kv_group(tensor: torch.Tensor, n_heads: int, n_kv_heads: int) -> Tensors:
+    """A fused weight or bias grouped per kv head as ``(K, H/K + 2, Dh)``: each group's queries, then its key and value.
+
+    Falcon's layout (its new decoder architecture; multi-query is ``K = 1``, and
+    ``K = H`` is :func:`split_fused_qkv`'s ``(H, 3, Dh)``). Shapes:
+    ``((H + 2 K) Dh, ...) -> (H Dh, ...), (K Dh, ...), (K Dh, ...)``.
+    """
+    rest = tensor.shape[1:]
+    groups = tensor.reshape(n_kv_heads, n_heads // n_kv_heads + 2, -1, *rest)  # (K, H/K + 2, Dh, ...)
+    q = groups[:, :-2].reshape(-1, *rest)  # query head k * H/K + j: group k, as repeat_kv shares keys
+    return q, groups[:, -2].reshape(-1, *rest), groups[:, -1].reshape(-1, *rest)
+
+
+def fuse_qkv_per_kv_group(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
+    """The inverse of :func:`split_qkv_per_kv_group`. Shapes: ``(H Dh, ...), (K Dh, ...) x 2 -> ((H + 2 K) Dh, ...)``."""
+    rest = q.shape[1:]
+    parts = [q.reshape(n_kv_heads, -1, k.shape[0] // n_kv_heads, *rest)]  # (K, H/K, Dh, ...)
+    parts += [t.reshape(n_kv_heads, 1, -1, *rest) for t in (k, v)]  # each (K, 1, Dh, ...)
+    return torch.cat(parts, dim=1).reshape(-1, *rest)
+
+
+QKV_PER_KV_GROUP = Transform(
+    "fused qkv, grouped per kv head (K, H/K + 2, Dh)",
+    lambda t, cfg: split_qkv_per_kv_group(t, cfg.n_heads, cfg.resolved_n_kv_heads),
+    lambda ts, cfg: fuse_qkv_per_kv_group(*ts, cfg.resolved_n_kv_heads),
+)
+
 QKV_THIRDS_CONV1D = Transform(
     "fused qkv in three blocks (3, D), Conv1D",
     lambda t, cfg: tuple(_conv1d(t).chunk(3, dim=0)),  # (D, 3D) -> 3 x (D, D); bias (3D,) -> 3 x (D,)
@@ -315,7 +342,7 @@ def require(config: ModelConfig, hf_class: str, **allowed: Any) -> None:
 
     Each keyword is a field (resolved where the config derives a default:
     ``final_norm``, ``norm_bias``, ``head_dim``, ``n_kv_heads``, ``rotary_dim``,
-    ``attn_scale``, ``d_ff``) and what the class needs: a value, a tuple of
+    ``attn_scale``, ``d_ff``, ``qkv_bias``) and what the class needs: a value, a tuple of
     values, or a :class:`Needs`. Floats compare to a relative 1e-6.
     """
     for name, want in allowed.items():
@@ -336,7 +363,7 @@ def _resolved(config: ModelConfig, name: str) -> Any:
     derived = {
         "final_norm": "resolved_final_norm", "norm_bias": "resolved_norm_bias", "head_dim": "resolved_head_dim",
         "n_kv_heads": "resolved_n_kv_heads", "rotary_dim": "resolved_rotary_dim", "attn_scale": "resolved_attn_scale",
-        "d_ff": "resolved_d_ff", "n_encoder_layers": "resolved_n_encoder_layers",
+        "d_ff": "resolved_d_ff", "n_encoder_layers": "resolved_n_encoder_layers", "qkv_bias": "resolved_qkv_bias",
     }
     if name in derived:
         return getattr(config, derived[name])
@@ -344,8 +371,15 @@ def _resolved(config: ModelConfig, name: str) -> Any:
 
 
 def plain(config: ModelConfig) -> dict[str, Any]:
-    """The options every converted model leaves at their plain value: none of the HF classes here has them."""
+    """The options a converted model leaves at their plain value unless its family has them.
+
+    A family that has one overrides its entry (``{**plain(config), "qk_norm": True}``).
+    """
     return dict(
+        qkv_bias=Needs(lambda v: v == config.bias, f"bias ({config.bias}): q/k/v biased like the other layers"),
+        norm_gain_offset=0.0,
+        embed_scale=1.0,
+        parallel_shared_norm=(False, None),  # None: a ModelConfig without the field
         mask="causal",
         attn_pattern="full",
         sliding_window=None,

@@ -33,24 +33,27 @@ RULES = (
 )
 
 
-def model_config(hf_config) -> ModelConfig:
-    """The :class:`ModelConfig` of a ``LlamaConfig``; raises ``ValueError`` for what the course cannot express."""
-    c = hf_config
+def rope_theta(c, default: float = 10000.0) -> float:
+    """``rope_theta`` of a HF config whose RoPE is the plain one; ``ValueError`` names a rescaled ``rope_type``."""
     rope = dict(getattr(c, "rope_parameters", None) or {})
     rope_type = rope.get("rope_type", "default")
     if rope_type != "default":
         raise ValueError(
-            f"this Llama uses rope_type={rope_type!r} (a rescaled RoPE for longer contexts); the course converts "
-            "rope_type='default' only."
+            f"this {c.model_type} uses rope_type={rope_type!r} (a rescaled RoPE for longer contexts); the course "
+            "converts rope_type='default' only."
         )
+    return float(rope.get("rope_theta", default))
+
+
+def llama_like_config(c, **fields) -> ModelConfig:
+    """The :class:`ModelConfig` of a Llama-like HF config (Llama, Qwen2, Qwen3, Gemma), ``fields`` on top.
+
+    Shared: pre-norm RMSNorm, a gated FFN named by ``hidden_act``, rotary positions paired
+    "rotate half", grouped-query attention, ``head_dim`` when the config has one.
+    """
     if c.hidden_act not in _ACTIVATIONS:
         raise ValueError(f"hidden_act={c.hidden_act!r} has no gated FFN in the course; use one of {', '.join(_ACTIVATIONS)}.")
-    if bool(c.attention_bias) != bool(getattr(c, "mlp_bias", False)):
-        raise ValueError(
-            f"attention_bias={c.attention_bias} and mlp_bias={c.mlp_bias} differ; the course's config.bias "
-            "switches the biases of every linear layer together."
-        )
-    return ModelConfig(
+    base = dict(
         vocab_size=c.vocab_size,
         d_model=c.hidden_size,
         n_heads=c.num_attention_heads,
@@ -63,21 +66,40 @@ def model_config(hf_config) -> ModelConfig:
         norm_eps=c.rms_norm_eps,
         ffn=_ACTIVATIONS[c.hidden_act],
         position="rope",
-        rope_theta=float(rope.get("rope_theta", 10000.0)),
+        rope_theta=rope_theta(c),
         rope_pairing="half",
-        bias=bool(c.attention_bias),
         tie_embeddings=bool(c.tie_word_embeddings),
     )
+    return ModelConfig(**{**base, **fields})
 
 
-def hf_config(config: ModelConfig) -> dict:
-    """The ``LlamaConfig`` keyword arguments of ``config``; raises ``ValueError`` naming a field Llama cannot express."""
-    require(
-        config, "LlamaForCausalLM", arch="decoder", **plain(config), norm="rmsnorm", norm_placement="pre",
-        final_norm=True, embed_norm=False, parallel_residual=False, position="rope", rope_pairing="half",
+def model_config(hf_config) -> ModelConfig:
+    """The :class:`ModelConfig` of a ``LlamaConfig``; raises ``ValueError`` for what the course cannot express."""
+    c = hf_config
+    if bool(c.attention_bias) != bool(getattr(c, "mlp_bias", False)):
+        raise ValueError(
+            f"attention_bias={c.attention_bias} and mlp_bias={c.mlp_bias} differ; the course's config.bias "
+            "switches the biases of every linear layer together."
+        )
+    return llama_like_config(c, bias=bool(c.attention_bias))
+
+
+def require_llama_like(config: ModelConfig, hf_class: str, ffns=tuple(_HF_ACTIVATIONS), **overrides) -> None:
+    """``ValueError`` naming the first field of ``config`` a Llama-like ``hf_class`` cannot express.
+
+    ``overrides`` replace or add checks (a family's own options: QK-norm, Gemma's norm offset).
+    """
+    checks = dict(
+        arch="decoder", **plain(config), norm="rmsnorm", norm_placement="pre", final_norm=True, embed_norm=False,
+        parallel_residual=False, position="rope", rope_pairing="half",
         rotary_dim=Needs(lambda v: v == config.resolved_head_dim, f"head_dim ({config.resolved_head_dim})"),
-        ffn=tuple(_HF_ACTIVATIONS),
+        ffn=tuple(ffns),
     )
+    require(config, hf_class, **{**checks, **overrides})
+
+
+def llama_like_hf_config(config: ModelConfig, **extra) -> dict:
+    """The keyword arguments Llama-like HF configs share, ``extra`` on top (check with :func:`require_llama_like` first)."""
     return dict(
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
@@ -90,13 +112,18 @@ def hf_config(config: ModelConfig) -> dict:
         rms_norm_eps=config.norm_eps,
         hidden_act=_HF_ACTIVATIONS[config.ffn],
         rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
-        attention_bias=config.bias,
-        mlp_bias=config.bias,
         tie_word_embeddings=config.tie_embeddings,
         pad_token_id=config.pad_token_id,
         bos_token_id=None,
         eos_token_id=None,
+        **extra,
     )
+
+
+def hf_config(config: ModelConfig) -> dict:
+    """The ``LlamaConfig`` keyword arguments of ``config``; raises ``ValueError`` naming a field Llama cannot express."""
+    require_llama_like(config, "LlamaForCausalLM")
+    return llama_like_hf_config(config, attention_bias=config.bias, mlp_bias=config.bias)
 
 
 CONVERTER = Converter(
