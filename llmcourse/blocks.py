@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import auxiliary
 from .attention import KVCache, MultiHeadAttention
 from .config import ModelConfig
 from .ffn import FeedForward
@@ -122,6 +123,9 @@ class Block(nn.Module):
         self.cross_post_norm = norm() if post and cross_attention else None
         self.ffn_post_norm = norm() if post else None
         self.dropout = nn.Dropout(config.dropout)
+        # Set by Trainer(TrainConfig(activation_checkpointing=True)); not a model field (the weights are the same):
+        # keep only the block's input for backward and run its forward again there (see :meth:`forward`).
+        self.activation_checkpointing = False
 
     def _sublayer(
         self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module, post_norm: nn.Module | None
@@ -146,6 +150,25 @@ class Block(nn.Module):
         cache: LayerCache | None = None,
         pattern: Pattern | None = None,
         positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs = dict(bias=bias, causal=causal, rope=rope, context=context, context_bias=context_bias, cache=cache,
+                      pattern=pattern, positions=positions)
+        if self.activation_checkpointing and cache is None and torch.is_grad_enabled():
+            return _checkpointed(self._forward, x, kwargs)
+        return self._forward(x, **kwargs)
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        *,
+        bias: torch.Tensor | None,
+        causal: bool,
+        rope: Rotation | None,
+        context: torch.Tensor | None,
+        context_bias: torch.Tensor | None,
+        cache: LayerCache | None,
+        pattern: Pattern | None,
+        positions: torch.Tensor | None,
     ) -> torch.Tensor:
         self_cache = cache.self_attn if cache is not None else None
 
@@ -172,6 +195,27 @@ class Block(nn.Module):
         if cross_attention is not None:
             x = self._sublayer(x, cross_attention, self.cross_norm, self.cross_post_norm)
         return self._sublayer(x, self.ffn, self.ffn_norm, self.ffn_post_norm)
+
+
+def _checkpointed(forward: Callable[..., torch.Tensor], x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """``forward(x, **kwargs)`` under activation checkpointing (Chen et al. 2016): its intermediate tensors are freed
+    and recomputed during backward, from the saved input, with the same dropout masks (the RNG state is replayed).
+
+    The recomputation runs outside the trainer's :func:`~llmcourse.auxiliary.collect` block, so what a component
+    reports there (an MoE balance loss) is caught and dropped: it was reported once, by the real forward pass.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    calls = [0]
+
+    def run(h: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 1:
+            return forward(h, **kwargs)
+        with auxiliary.collect():  # the recomputation in backward: reports go nowhere
+            return forward(h, **kwargs)
+
+    return checkpoint(run, x, use_reentrant=False)
 
 
 INIT_ROLES = ("attn_qk", "attn_v", "residual_out", "ffn_in", "norm")

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from . import auxiliary
+from .blocks import Block
 from .checkpoint import CheckpointError, check_weights, load_checkpoint, load_weights, save_checkpoint
 from .objectives import lm_loss
 from .progress import progress_bar
@@ -54,6 +55,7 @@ WrapFn = Callable[[nn.Module], nn.Module]
 
 EVAL_SEED = 1234  # validation batches are the same for every run, so runs compare on equal terms
 AUTOCAST_DTYPES = ("bfloat16", "float16")
+ADAMW_IMPLS = ("plain", "foreach", "fused")  # one parameter at a time | multi-tensor ops | one fused kernel per step
 
 
 @dataclass
@@ -82,6 +84,9 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per step (each rank); gradients add up before the update
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", "mps"...: the model and every batch move there
     autocast_dtype: str | None = None  # None (float32), "bfloat16" or "float16" (float16 adds a gradient scaler)
+    adamw_impl: str = "plain"  # plain | foreach | fused: the same AdamW update, computed by different kernels
+    activation_checkpointing: bool = False  # keep only each block's input; recompute the block in backward
+    compile: bool = False  # torch.compile the (wrapped) model: fused kernels generated for this model
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "grad_accum_steps"):
@@ -104,8 +109,11 @@ class TrainConfig:
                 raise ValueError(f"{name}={v} must lie in [0, 1) (Adam's moment decay; 0.9 and 0.95 are usual).")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed={self.seed!r} must be an integer.")
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress={self.progress!r} must be True or False.")
+        for name in ("progress", "activation_checkpointing", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
+        if self.adamw_impl not in ADAMW_IMPLS:
+            raise ValueError(f"adamw_impl={self.adamw_impl!r} is not known; use {', '.join(repr(a) for a in ADAMW_IMPLS)}.")
         if not isinstance(self.desc, str):
             raise ValueError(f"desc={self.desc!r} must be a string (the progress bar's label).")
         if not math.isfinite(self.lr) or self.lr <= 0:
@@ -348,8 +356,9 @@ class Trainer:
         self.history = History()
         self.generator = torch.Generator().manual_seed(cfg.seed)  # the global batch order: the same on every rank
         self._init_rng(cfg.seed + rank)
+        impl = {"plain": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adamw_impl]
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.wrapped, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False
+            param_groups(self.wrapped, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **impl
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.autocast_dtype == "float16" else None
         self.last_aux_losses: dict[str, float] = {}  # the latest step's auxiliary losses and statistics
@@ -367,7 +376,12 @@ class Trainer:
     @model.setter
     def model(self, model: nn.Module) -> None:
         self._model = model.to(self.device)
+        for module in self._model.modules():  # blocks recompute their activations in backward (or not)
+            if isinstance(module, Block):
+                module.activation_checkpointing = self.cfg.activation_checkpointing
         self.wrapped = self.wrap(self._model) if self.wrap is not None else self._model
+        if self.cfg.compile:  # compiled on the first forward pass; the parameters stay the plain model's
+            self.wrapped = torch.compile(self.wrapped)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -661,7 +675,7 @@ class Trainer:
         self.history = history
 
     def _config_differences(self, saved: dict[str, Any]) -> list[str]:
-        ignored = ("progress", "desc")
+        ignored = ("progress", "desc", "activation_checkpointing", "compile")  # how, not what, is computed
         defaults = asdict(TrainConfig())
         current = asdict(self.cfg)
         return [
