@@ -4,7 +4,9 @@ Each family is built from a tiny random HF config (no downloads), saved with
 save_pretrained (safetensors), loaded back with from_pretrained: logits equal
 within 1e-5. Greedy generation of the converted model (llmcourse.generate, or
 generate_seq2seq for T5) equals transformers' generate (use_cache=True,
-do_sample=False) token for token, and so do the logits of every step.
+do_sample=False) token for token, and so do the logits of every step; for the
+decoders also batched, prompts of different lengths left-padded with an
+attention_mask, against transformers' batched generate with the same padding.
 from_pretrained's errors name what is wrong: a missing folder or file, an
 unsupported architecture (with the supported ones), an unsupported variant
 (before any weights load).
@@ -17,25 +19,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from llmcourse import generate, generate_seq2seq  # noqa: E402
-from llmcourse.hf import from_hf, from_pretrained  # noqa: E402
+from hf_parity import ATOL, VOCAB, assert_batched_greedy_equal, assert_greedy_equal, randomize  # noqa: E402
 
-ATOL = 1e-5
-VOCAB = 97
+from llmcourse import generate_seq2seq  # noqa: E402
+from llmcourse.hf import from_hf, from_pretrained  # noqa: E402
 
 
 def _randomize(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "norm" in name or "ln_" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * noise)
-            elif "relative_attention_bias" in name:
-                p.copy_(0.5 * noise)
-            else:
-                p.copy_(scale * noise)
-    return model.eval()
+    return randomize(model, seed=0, scale=scale)
 
 
 def _build(family: str) -> torch.nn.Module:
@@ -57,6 +48,22 @@ def _build(family: str) -> torch.nn.Module:
         return _randomize(t.OPTForCausalLM(t.OPTConfig(
             hidden_size=48, ffn_dim=80, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40,
             word_embed_proj_dim=48, **common)))
+    if family == "qwen2":
+        return _randomize(t.Qwen2ForCausalLM(t.Qwen2Config(
+            hidden_size=40, intermediate_size=72, num_hidden_layers=2, num_attention_heads=5, num_key_value_heads=1,
+            max_position_embeddings=64, **common)))
+    if family == "qwen3":
+        return _randomize(t.Qwen3ForCausalLM(t.Qwen3Config(
+            hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
+            head_dim=10, max_position_embeddings=64, **common)))
+    if family == "gemma":
+        return _randomize(t.GemmaForCausalLM(t.GemmaConfig(
+            hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
+            head_dim=20, max_position_embeddings=64, pad_token_id=None, **common)))
+    if family == "falcon":
+        return _randomize(t.FalconForCausalLM(t.FalconConfig(
+            hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_kv_heads=2, new_decoder_architecture=True,
+            max_position_embeddings=64, **common)))
     version = family.removeprefix("t5_v")
     extra = {} if version == "1.0" else dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
     hf = t.T5ForConditionalGeneration(t.T5Config(
@@ -67,7 +74,8 @@ def _build(family: str) -> torch.nn.Module:
     return _randomize(hf, scale=0.15)
 
 
-FAMILIES = ["llama", "gpt2", "gpt_neox", "bloom", "opt", "t5_v1.0", "t5_v1.1"]
+DECODERS = ["llama", "gpt2", "gpt_neox", "bloom", "opt", "qwen2", "qwen3", "gemma", "falcon"]
+FAMILIES = [*DECODERS, "t5_v1.0", "t5_v1.1"]
 
 
 def _ids(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
@@ -99,21 +107,26 @@ def test_greedy_generation_equals_transformers(family):
     hf = _build(family)
     ours = from_hf(hf)
     prompt = _ids(B=1, T=5, seed=4)
+    if ours.config.arch == "decoder":
+        assert_greedy_equal(hf, ours, prompt, 16)
+        return
     out = hf.generate(
         prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False, use_cache=True,
         eos_token_id=None, return_dict_in_generate=True, output_logits=True,
     )
     theirs = out.sequences
-    if ours.config.arch == "encoder_decoder":
-        assert torch.equal(generate_seq2seq(ours, prompt, 16, greedy=True), theirs)
-        with torch.no_grad():
-            steps = ours(prompt, theirs[:, :-1])
-    else:
-        assert torch.equal(generate(ours, prompt, 16, greedy=True), theirs)
-        with torch.no_grad():
-            steps = ours(theirs[:, :-1])[:, prompt.shape[1] - 1 :]
+    assert torch.equal(generate_seq2seq(ours, prompt, 16, greedy=True), theirs)
+    with torch.no_grad():
+        steps = ours(prompt, theirs[:, :-1])
     # random models tend to repeat one token; every step's logits must agree too
     torch.testing.assert_close(steps, torch.stack(out.logits, 1), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_batched_left_padded_generation_equals_transformers(family):
+    """Prompts of 7, 4 and 2 tokens in one left-padded batch: the tokens and logits of HF's batched generate."""
+    hf = _build(family)
+    assert_batched_greedy_equal(hf, from_hf(hf))
 
 
 def test_from_pretrained_missing_folder_or_file(tmp_path):

@@ -12,27 +12,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_parity import randomize as _randomize  # noqa: E402
 from llmcourse import generate, generate_seq2seq  # noqa: E402
 from llmcourse.hf import from_hf  # noqa: E402
 from llmcourse.models import DecoderLM, EncoderDecoderLM  # noqa: E402
 
 ATOL = 1e-5
 VOCAB = 61
-
-
-def _randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.08) -> torch.nn.Module:
-    """Weights far from their initial values (biases non-zero, norm gains not 1), so every one matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "ln_" in name or "layer_norm" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * noise)
-            elif "relative_attention_bias" in name:
-                p.copy_(0.5 * noise)
-            else:
-                p.copy_(scale * noise)
-    return model.eval()
 
 
 def _ids(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:

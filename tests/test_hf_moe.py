@@ -12,6 +12,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_parity import randomize as _randomize  # noqa: E402
 from llmcourse import ModelConfig, auxiliary, build_model  # noqa: E402
 from llmcourse.hf.mixtral import convert as convert_mixtral  # noqa: E402
 from llmcourse.hf.switch_transformers import convert as convert_switch  # noqa: E402
@@ -19,18 +20,6 @@ from llmcourse.moe import count_moe_parameters, moe_layers  # noqa: E402
 
 ATOL = 1e-5
 VOCAB = 97
-
-
-def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * noise)  # gains near 1
-            else:
-                p.copy_(0.08 * noise)
-    return model.eval()
 
 
 def _ids(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:

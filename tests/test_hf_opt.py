@@ -11,23 +11,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from llmcourse import generate  # noqa: E402
+from hf_parity import VOCAB, assert_greedy_equal, assert_parity, ids, randomize  # noqa: E402
+
 from llmcourse.hf import from_hf  # noqa: E402
-
-ATOL = 1e-5
-VOCAB = 97
-
-
-def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "layer_norm" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    return model.eval()
 
 
 def _opt(**kw):
@@ -37,24 +23,11 @@ def _opt(**kw):
         vocab_size=VOCAB, hidden_size=48, ffn_dim=80, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=32, word_embed_proj_dim=48, attn_implementation="eager",
     )
-    return _randomize(OPTForCausalLM(OPTConfig(**{**base, **kw})))
-
-
-def _ids(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+    return randomize(OPTForCausalLM(OPTConfig(**{**base, **kw})), scale=0.1)
 
 
 def _assert_parity(hf, T: int = 12):
-    ours = from_hf(hf)
-    ids = _ids(T=T)
-    with torch.no_grad():
-        expected = hf(ids).logits
-        torch.testing.assert_close(ours(ids), expected, atol=ATOL, rtol=0)
-        cache = ours.new_cache()
-        steps = [ours(ids[:, :5], cache=cache)] + [ours(ids[:, t : t + 1], cache=cache) for t in range(5, T)]
-    torch.testing.assert_close(torch.cat(steps, 1), expected, atol=ATOL, rtol=0)
-    assert expected.abs().max() > 0.5  # logits large enough that the tolerance means something
-    return ours
+    return assert_parity(hf, T=T, cached=True)
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
@@ -95,17 +68,13 @@ def test_opt_untied_head_and_removed_final_norm():
         max_position_embeddings=32, word_embed_proj_dim=32, tie_word_embeddings=False, _remove_final_layer_norm=True,
         activation_function="gelu", attn_implementation="eager",
     ))
-    ours = _assert_parity(_randomize(hf))
+    ours = _assert_parity(randomize(hf, scale=0.1))
     assert not ours.config.tie_embeddings and not ours.config.resolved_final_norm and ours.config.ffn == "gelu"
 
 
 def test_opt_greedy_generation():
     hf = _opt()
-    ours = from_hf(hf)
-    prompt = _ids(B=1, T=5, seed=3)
-    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False,
-                         use_cache=True, eos_token_id=None, pad_token_id=None)
-    assert torch.equal(generate(ours, prompt, 20, greedy=True), theirs)
+    assert_greedy_equal(hf, from_hf(hf), ids(B=1, T=5, seed=3), 20)
 
 
 def test_opt_unsupported_variants_are_named():

@@ -60,6 +60,35 @@ CONFIGS = {
         vocab_size=VOCAB, d_model=48, n_heads=4, d_ff=80, n_layers=2, max_seq_len=32, ffn="relu", bias=False,
         norm_bias=True,
     ),
+    "qwen2": ModelConfig(
+        vocab_size=VOCAB, d_model=40, n_heads=5, n_kv_heads=1, d_ff=72, n_layers=2, max_seq_len=64, norm="rmsnorm",
+        norm_eps=1e-6, ffn="swiglu", position="rope", rope_theta=1e6, bias=False, qkv_bias=True, tie_embeddings=False,
+    ),
+    "qwen2_window": ModelConfig(
+        vocab_size=VOCAB, d_model=32, n_heads=4, n_kv_heads=2, head_dim=12, d_ff=64, n_layers=2, max_seq_len=64,
+        norm="rmsnorm", ffn="swiglu", position="rope", bias=False, qkv_bias=True, sliding_window=5,
+    ),
+    "qwen3": ModelConfig(
+        vocab_size=VOCAB, d_model=48, n_heads=6, n_kv_heads=3, head_dim=10, d_ff=72, n_layers=2, max_seq_len=64,
+        norm="rmsnorm", norm_eps=1e-6, ffn="swiglu", position="rope", bias=False, qk_norm=True, tie_embeddings=False,
+    ),
+    "gemma": ModelConfig(
+        vocab_size=VOCAB, d_model=48, n_heads=3, n_kv_heads=1, head_dim=20, d_ff=72, n_layers=2, max_seq_len=64,
+        norm="rmsnorm", norm_eps=1e-6, ffn="geglu_tanh", position="rope", bias=False, norm_gain_offset=1.0,
+        embed_scale=48**0.5,
+    ),
+    "falcon_7b": ModelConfig(
+        vocab_size=VOCAB, d_model=48, n_heads=6, n_kv_heads=1, n_layers=2, max_seq_len=64, ffn="gelu", position="rope",
+        parallel_residual=True, parallel_shared_norm=True, bias=False, norm_bias=True,
+    ),
+    "falcon_40b": ModelConfig(
+        vocab_size=VOCAB, d_model=48, n_heads=6, n_kv_heads=2, n_layers=2, max_seq_len=64, ffn="gelu", position="rope",
+        parallel_residual=True, bias=True, tie_embeddings=False,
+    ),
+    "falcon_sequential": ModelConfig(
+        vocab_size=VOCAB, d_model=48, n_heads=6, n_layers=2, max_seq_len=64, ffn="gelu_tanh", position="rope",
+        bias=False, norm_bias=True,
+    ),
 }
 # the HF class each config must land in (by default: the first family that expresses it)
 EXPECTED = {
@@ -68,6 +97,9 @@ EXPECTED = {
     "t5_v1_0": ("T5ForConditionalGeneration", None), "t5_v1_1": ("T5ForConditionalGeneration", None),
     "gpt_neox": ("GPTNeoXForCausalLM", None), "bloom": ("BloomForCausalLM", None),
     "opt_post_ln": ("OPTForCausalLM", None), "opt_no_linear_bias": ("OPTForCausalLM", "opt"),
+    "qwen2": ("Qwen2ForCausalLM", None), "qwen2_window": ("Qwen2ForCausalLM", None), "qwen3": ("Qwen3ForCausalLM", None),
+    "gemma": ("GemmaForCausalLM", None), "falcon_7b": ("FalconForCausalLM", None),
+    "falcon_40b": ("FalconForCausalLM", "falcon"), "falcon_sequential": ("FalconForCausalLM", "falcon"),
 }
 
 
@@ -99,7 +131,8 @@ def _logits(model, hf: bool, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tens
 def _resolved(config: ModelConfig) -> dict:
     """A config as its values in effect (None fields replaced by what they resolve to)."""
     d = dataclasses.asdict(config)
-    for name in ("head_dim", "n_kv_heads", "d_ff", "n_encoder_layers", "final_norm", "norm_bias", "rotary_dim", "attn_scale"):
+    for name in ("head_dim", "n_kv_heads", "d_ff", "n_encoder_layers", "final_norm", "norm_bias", "rotary_dim", "attn_scale",
+                 "qkv_bias"):
         d[name] = getattr(config, f"resolved_{name}")
     d["attn_scale"] = round(d["attn_scale"], 9)
     d.pop("extra", None)
@@ -136,7 +169,8 @@ def test_to_hf_equal_logits_save_load_and_back(name, tmp_path):
         torch.testing.assert_close(back_sd[key], sd[key], atol=0, rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "t5_v1_0", "t5_v1_1", "gpt_neox", "bloom", "opt_post_ln"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "t5_v1_0", "t5_v1_1", "gpt_neox", "bloom", "opt_post_ln", "qwen2",
+                                  "qwen3", "gemma", "falcon_7b", "falcon_40b"])
 def test_hf_generate_on_a_saved_course_model_equals_ours(name, tmp_path):
     # transformers' encoder-decoder cache sizes itself by the encoder: equal stacks for generate
     ours = _course(name, n_encoder_layers=None) if name.startswith("t5") else _course(name)

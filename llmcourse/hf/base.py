@@ -391,6 +391,11 @@ def plain(config: ModelConfig) -> dict[str, Any]:
     )
 
 
+def special_tokens(config: ModelConfig) -> dict[str, Any]:
+    """A decoder's HF special-token ids: the course's padding id, no BOS/EOS (HF's config defaults would invent them)."""
+    return dict(pad_token_id=config.pad_token_id, bos_token_id=None, eos_token_id=None)
+
+
 def untie(module: nn.Module, attr: str = "weight") -> None:
     """Give ``module.<attr>`` its own storage (a HF class may tie its head on construction)."""
     setattr(module, attr, nn.Parameter(getattr(module, attr).detach().clone()))

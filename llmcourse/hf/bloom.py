@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import DecoderLM
-from .base import QKV_PER_HEAD, Converter, Rule, convert_from_hf, plain, require
+from .base import QKV_PER_HEAD, Converter, Rule, convert_from_hf, plain, require, special_tokens
 
 DEFAULT_CONTEXT = 2048  # BLOOM's training length; ALiBi itself has no table that limits it
 
@@ -83,9 +83,7 @@ def hf_config(config: ModelConfig) -> dict:
         apply_residual_connection_post_layernorm=False,
         tie_word_embeddings=config.tie_embeddings,
         hidden_dropout=0.0, attention_dropout=0.0,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **special_tokens(config),
     )
 
 

@@ -38,11 +38,8 @@ rescaled ``rope_type``, and activations without a course FFN.
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..config import ModelConfig
-from ..models import DecoderLM
-from .base import QKV_PER_KV_GROUP, Converter, Needs, Rule, convert_from_hf, plain, require
+from .base import QKV_PER_KV_GROUP, Converter, Needs, Rule, plain, require, special_tokens
 from .llama import rope_theta
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
@@ -152,9 +149,7 @@ def hf_config(config: ModelConfig) -> dict:
         rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
         tie_word_embeddings=config.tie_embeddings,
         hidden_dropout=0.0, attention_dropout=0.0,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **special_tokens(config),
     )
 
 
@@ -163,7 +158,3 @@ CONVERTER = Converter(
     model_config=model_config, hf_config=hf_config, rules=RULES, embedding="transformer.word_embeddings.weight",
 )
 
-
-def convert(hf_model: nn.Module) -> DecoderLM:
-    """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``FalconForCausalLM``); same logits."""
-    return convert_from_hf(CONVERTER, hf_model)

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
-
 from ..config import ModelConfig
-from ..models import DecoderLM
-from .base import Converter, Needs, convert_from_hf
-from .llama import RULES, llama_like_config, llama_like_hf_config, require_llama_like
+from .base import Converter, Needs
+from .llama import RULES, llama_like_config, llama_like_hf_config, refuse_attention_bias, require_llama_like
 
 NORM_GAIN_OFFSET = 1.0  # GemmaRMSNorm: x_hat * (1 + w)
 _FFNS = ("geglu_tanh", "swiglu", "reglu")  # GemmaConfig turns hidden_act="gelu" into the tanh form
@@ -38,11 +35,7 @@ _FFNS = ("geglu_tanh", "swiglu", "reglu")  # GemmaConfig turns hidden_act="gelu"
 def model_config(hf_config) -> ModelConfig:
     """The :class:`ModelConfig` of a ``GemmaConfig``; raises ``ValueError`` for what the course cannot express."""
     c = hf_config
-    if c.attention_bias:
-        raise ValueError(
-            "attention_bias=True biases the query, key, value and output projections but not the feed-forward; "
-            "the course's bias and qkv_bias cannot say that. Only attention_bias=False converts."
-        )
+    refuse_attention_bias(c)
     if getattr(c, "use_bidirectional_attention", None):
         raise ValueError(
             "use_bidirectional_attention=True removes the causal mask (an encoder); the course's DecoderLM is causal "
@@ -68,7 +61,3 @@ CONVERTER = Converter(
     model_config=model_config, hf_config=hf_config, rules=RULES, embedding="model.embed_tokens.weight",
 )
 
-
-def convert(hf_model: nn.Module) -> DecoderLM:
-    """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``GemmaForCausalLM``); same logits."""
-    return convert_from_hf(CONVERTER, hf_model)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import DecoderLM
-from .base import CONV1D, QKV_THIRDS_CONV1D, Converter, Rule, convert_from_hf, plain, require
+from .base import CONV1D, QKV_THIRDS_CONV1D, Converter, Rule, convert_from_hf, plain, require, special_tokens
 
 # HF activation_function -> course ffn
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "swish", "swish": "swish"}
@@ -92,9 +92,7 @@ def hf_config(config: ModelConfig) -> dict:
         scale_attn_weights=config.attn_scale != 1.0,
         tie_word_embeddings=config.tie_embeddings,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **special_tokens(config),
     )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import DecoderLM
-from .base import QKV_PER_HEAD, Converter, Rule, convert_from_hf, plain, require
+from .base import QKV_PER_HEAD, Converter, Rule, convert_from_hf, plain, require, special_tokens
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
@@ -103,9 +103,7 @@ def hf_config(config: ModelConfig) -> dict:
         attention_bias=True,
         tie_word_embeddings=config.tie_embeddings,
         hidden_dropout=0.0, attention_dropout=0.0,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **special_tokens(config),
     )
 
 

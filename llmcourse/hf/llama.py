@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import DecoderLM
-from .base import Converter, Needs, Rule, convert_from_hf, plain, require
+from .base import Converter, Needs, Rule, convert_from_hf, plain, require, special_tokens
 
 # HF hidden_act -> course ffn (the gated form of the activation)
 _ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu", "gelu_pytorch_tanh": "geglu_tanh"}
@@ -43,6 +43,15 @@ def rope_theta(c, default: float = 10000.0) -> float:
             "converts rope_type='default' only."
         )
     return float(rope.get("rope_theta", default))
+
+
+def refuse_attention_bias(c) -> None:
+    """``ValueError`` for ``attention_bias=True`` in a family whose MLP has no biases (Qwen3, Gemma)."""
+    if getattr(c, "attention_bias", False):
+        raise ValueError(
+            "attention_bias=True biases the query, key, value and output projections but not the feed-forward; "
+            "the course's bias and qkv_bias cannot say that. Only attention_bias=False converts."
+        )
 
 
 def llama_like_config(c, **fields) -> ModelConfig:
@@ -113,9 +122,7 @@ def llama_like_hf_config(config: ModelConfig, **extra) -> dict:
         hidden_act=_HF_ACTIVATIONS[config.ffn],
         rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
         tie_word_embeddings=config.tie_embeddings,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **special_tokens(config),
         **extra,
     )
 

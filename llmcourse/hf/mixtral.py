@@ -45,7 +45,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import DecoderLM
-from .base import Converter, Needs, Rule, Transform, convert_from_hf, plain, require
+from .base import Converter, Needs, Rule, Transform, convert_from_hf, plain, require, special_tokens
 
 _ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu"}
 _HF_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
@@ -168,9 +168,7 @@ def hf_config(config: ModelConfig) -> dict:
         router_jitter_noise=config.router_jitter,
         router_aux_loss_coef=config.balance_loss_coef,
         tie_word_embeddings=config.tie_embeddings,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **special_tokens(config),
     )
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..models import DecoderLM
-from .base import Converter, Rule, convert_from_hf, offset_rows, plain, require
+from .base import Converter, Rule, convert_from_hf, offset_rows, plain, require, special_tokens
 
 POSITION_OFFSET = 2  # OPTLearnedPositionalEmbedding.offset
 NORM_EPS = 1e-5  # OPT builds nn.LayerNorm with its default eps; the config has no field for it
@@ -114,9 +114,7 @@ def hf_config(config: ModelConfig) -> dict:
         layer_norm_elementwise_affine=True,
         tie_word_embeddings=config.tie_embeddings,
         dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
-        pad_token_id=config.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=None,
+        **special_tokens(config),
     )
 
 

@@ -17,11 +17,8 @@ Qwen2 can also restrict attention to a sliding window on the layers from
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..config import ModelConfig
-from ..models import DecoderLM
-from .base import Converter, Needs, convert_from_hf
+from .base import Converter, Needs
 from .llama import RULES, llama_like_config, llama_like_hf_config, require_llama_like
 
 
@@ -65,7 +62,3 @@ CONVERTER = Converter(
     model_config=model_config, hf_config=hf_config, rules=RULES, embedding="model.embed_tokens.weight",
 )
 
-
-def convert(hf_model: nn.Module) -> DecoderLM:
-    """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``Qwen2ForCausalLM``); same logits."""
-    return convert_from_hf(CONVERTER, hf_model)

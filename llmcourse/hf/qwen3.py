@@ -17,13 +17,10 @@ on the feed-forward, which ``bias``/``qkv_bias`` cannot say: it raises
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..config import ModelConfig
-from ..models import DecoderLM
-from .base import Converter, Rule, convert_from_hf
+from .base import Converter, Rule
 from .llama import RULES as LLAMA_RULES
-from .llama import llama_like_config, llama_like_hf_config, require_llama_like
+from .llama import llama_like_config, llama_like_hf_config, refuse_attention_bias, require_llama_like
 from .qwen2 import ANY_WINDOW, sliding_window, window_kwargs
 
 RULES = (
@@ -35,11 +32,7 @@ RULES = (
 def model_config(hf_config) -> ModelConfig:
     """The :class:`ModelConfig` of a ``Qwen3Config``; raises ``ValueError`` for what the course cannot express."""
     c = hf_config
-    if c.attention_bias:
-        raise ValueError(
-            "attention_bias=True biases the query, key, value and output projections but not the feed-forward; "
-            "the course's bias and qkv_bias cannot say that. Only attention_bias=False converts."
-        )
+    refuse_attention_bias(c)
     return llama_like_config(c, bias=False, qk_norm=True, sliding_window=sliding_window(c))
 
 
@@ -54,7 +47,3 @@ CONVERTER = Converter(
     model_config=model_config, hf_config=hf_config, rules=RULES, embedding="model.embed_tokens.weight",
 )
 
-
-def convert(hf_model: nn.Module) -> DecoderLM:
-    """A :class:`DecoderLM` with the weights of ``hf_model`` (a ``Qwen3ForCausalLM``); same logits."""
-    return convert_from_hf(CONVERTER, hf_model)
