@@ -147,3 +147,72 @@ def barrier(run: Run) -> None:
     """Wait for every rank (a no-op on one process)."""
     if run.backend is not None:
         torch.distributed.barrier()
+
+
+# --- tensor parallelism ----------------------------------------------------------------------------------------------
+def tensor_parallel(model: nn.Module, mesh=None) -> nn.Module:
+    """Split every block's attention heads and feed-forward hidden units over the ranks of ``mesh`` (Megatron-LM).
+
+    Shapes: ``q_proj/k_proj/v_proj (D -> H*Dh)`` and ``up_proj/gate_proj (D -> F)``
+    are split by output columns (``ColwiseParallel``): rank ``r`` of ``K`` holds
+    heads ``r*H/K : (r+1)*H/K`` and hidden units ``r*F/K : (r+1)*F/K`` and
+    computes them from the whole (replicated) input ``(B, T, D)``.
+    ``o_proj (H*Dh -> D)`` and ``down_proj (F -> D)`` are split by input rows
+    (``RowwiseParallel``): each rank multiplies its slice, and one all-reduce per
+    sublayer sums the partial outputs into the full ``(B, T, D)`` on every rank.
+    Attention needs nothing else: its heads are independent, so each rank attends
+    with its own ``H/K`` heads (``n_heads`` and ``n_kv_heads`` of each attention
+    module become the local counts). Embeddings, norms and the output head stay
+    whole on every rank. Two all-reduces per block forward (and two in backward)
+    are the price; the weights and activations of the big matmuls are split ``K``
+    ways.
+
+    ``mesh`` is a one-dimensional :class:`~torch.distributed.device_mesh.DeviceMesh`
+    (default: every rank of the process group, on the model's device type).
+    The model is changed in place (its projection weights become DTensor shards)
+    and returned. Refused: mixtures of experts (their experts are split by
+    expert, not by column: expert parallelism), and position biases with one
+    value per head (ALiBi, T5), which would need the same split.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    from .attention import MultiHeadAttention
+    from .ffn import FeedForward
+
+    config = getattr(model, "config", None)
+    if config is not None:
+        if config.n_experts:
+            raise ValueError(
+                f"n_experts={config.n_experts}: tensor_parallel splits dense projections by column and row; a mixture "
+                "of experts is split by expert (expert parallelism), which this function does not do."
+            )
+        if config.position in ("alibi", "t5"):
+            raise ValueError(
+                f"position={config.position!r} adds a bias with one value per head, which tensor_parallel does not "
+                "split; use position 'rope', 'learned', 'sinusoidal' or 'none'."
+            )
+    if mesh is None:
+        device_type = next(model.parameters()).device.type
+        mesh = init_device_mesh(device_type, (torch.distributed.get_world_size(),))
+    k = mesh.size()
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            if module.n_heads % k or module.n_kv_heads % k:
+                raise ValueError(
+                    f"n_heads={module.n_heads} and n_kv_heads={module.n_kv_heads} must both be divisible by the "
+                    f"{k} tensor-parallel ranks (each rank keeps whole heads)."
+                )
+            plan = {"q_proj": ColwiseParallel(), "k_proj": ColwiseParallel(), "v_proj": ColwiseParallel(),
+                    "o_proj": RowwiseParallel()}
+            parallelize_module(module, mesh, plan)
+            module.n_heads //= k  # the heads this rank computes
+            module.n_kv_heads //= k
+        elif isinstance(module, FeedForward):
+            if module.up_proj.out_features % k:
+                raise ValueError(f"d_ff={module.up_proj.out_features} must be divisible by the {k} tensor-parallel ranks.")
+            plan = {"up_proj": ColwiseParallel(), "down_proj": RowwiseParallel()}
+            if module.gate_proj is not None:
+                plan["gate_proj"] = ColwiseParallel()
+            parallelize_module(module, mesh, plan)
+    return model

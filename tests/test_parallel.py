@@ -1,0 +1,80 @@
+"""Tensor parallelism (``llmcourse.distributed.tensor_parallel``) on 2 gloo processes equals one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llmcourse import build_model
+from llmcourse.distributed import tensor_parallel
+
+_TP_WORKER = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from llmcourse import build_model
+from llmcourse.config import ModelConfig
+from llmcourse.distributed import tensor_parallel
+from llmcourse.objectives import lm_loss
+
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+results = {}
+for name, fields in json.loads(sys.argv[4]).items():
+    config = ModelConfig.from_dict(fields)
+    ids = torch.randint(0, config.vocab_size, (2, 17), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
+    ids = ids[:, :-1]
+    one = build_model(config, seed=0)  # every rank builds the same model, then splits it
+    tp = tensor_parallel(build_model(config, seed=0))
+    attn = tp.decoder.blocks[0].attn
+    loss_one, loss_tp = lm_loss(one, batch), lm_loss(tp, batch)
+    loss_one.backward()
+    loss_tp.backward()
+    grad_one = one.decoder.blocks[0].ffn.up_proj.weight.grad
+    grad_tp = tp.decoder.blocks[0].ffn.up_proj.weight.grad.full_tensor()  # gather the two column slices
+    local = tp.decoder.blocks[0].ffn.up_proj.weight.to_local()
+    results[name] = {
+        "logits": (one(ids) - tp(ids)).abs().max().item(),
+        "loss": abs(loss_one.item() - loss_tp.item()),
+        "grad": (grad_one - grad_tp).abs().max().item(),
+        "embed_grad": (one.tok_emb.weight.grad - tp.tok_emb.weight.grad).abs().max().item(),
+        "local_heads": attn.n_heads,
+        "local_rows": local.shape[0],
+    }
+json.dump(results, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+CONFIGS = {
+    "gpt": dict(vocab_size=40, d_model=32, n_heads=4, n_layers=2, max_seq_len=16),
+    "llama": dict(vocab_size=40, d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, max_seq_len=16, norm="rmsnorm",
+                  ffn="swiglu", position="rope", bias=False, attn_impl="sdpa", tie_embeddings=False),
+}
+
+
+def test_two_tensor_parallel_ranks_give_the_logits_and_gradients_of_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _TP_WORKER, str(rank), str(tmp_path / "store"),
+                          str(tmp_path / f"{rank}.json"), json.dumps(CONFIGS)], env=env, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-3000:]
+    for rank in (0, 1):
+        results = json.loads((tmp_path / f"{rank}.json").read_text())
+        for name, r in results.items():
+            assert r["local_heads"] == 2 and r["local_rows"] == 64, (name, r)  # half the heads, half of d_ff
+            for key in ("logits", "loss", "grad", "embed_grad"):
+                assert r[key] < 1e-5, (name, key, r[key])
+
+
+@pytest.mark.parametrize("fields,message", [({"n_experts": 4}, "expert parallelism"), ({"position": "alibi"}, "one value per head")])
+def test_tensor_parallel_refuses_what_it_cannot_split(tiny_config, fields, message):
+    with pytest.raises(ValueError, match=message):
+        tensor_parallel(build_model(tiny_config.replace(**fields), seed=0), mesh=object())
