@@ -155,14 +155,14 @@ def compare(options: tuple[str, ...] = FASTEST, steps: int = 2000, warmup: int =
 
 
 def report(c: Comparison, fpt: float, peak: float) -> list[str]:
-    """Printable lines of a comparison (ratios and losses; the tokens/s are this machine's)."""
+    """Printable lines of a comparison (ratios and losses; the tokens/s are this machine's), each <= 88 characters."""
     b, f = c.baseline, c.fast
     spread = sorted(c.chunk_speedups)
     return [
-        f"baseline (eager float32, explicit attention, plain AdamW): {b.tokens_per_s:,.0f} tokens/s, "
-        f"{b.tokens_per_s * fpt / peak:.1%} of the float32 matmul peak",
-        f"fast ({' + '.join(c.options) or 'nothing'}): {f.tokens_per_s:,.0f} tokens/s, "
-        f"{f.tokens_per_s * fpt / peak:.1%} of the float32 matmul peak",
+        "baseline: eager float32, explicit attention, plain AdamW",
+        f"  {b.tokens_per_s:,.0f} tokens/s, {b.tokens_per_s * fpt / peak:.1%} of the float32 matmul peak",
+        f"fast: {' + '.join(c.options) or 'nothing'}",
+        f"  {f.tokens_per_s:,.0f} tokens/s, {f.tokens_per_s * fpt / peak:.1%} of the float32 matmul peak",
         f"speed-up: x{c.speedup:.2f} (per chunk: min x{spread[0]:.2f}, median x{statistics.median(spread):.2f}, "
         f"max x{spread[-1]:.2f})",
         f"final validation loss: baseline {b.val_loss:.4f}, fast {f.val_loss:.4f}, "
