@@ -8,18 +8,15 @@ LayerNorms with biases, linear layers with biases only when ``bias=True``, and
 a tied output head. Three of its config switches change the block; the course
 expresses each with config values:
 
-==========================================  ==================================  ======================================
-HF config                                   block                               course
-==========================================  ==================================  ======================================
-``parallel_attn=True`` (Falcon-7B)          ``x + attn(LN(x)) + mlp(LN(x))``    ``parallel_residual``,
-                                            one norm, ``input_layernorm``       ``parallel_shared_norm``
-``new_decoder_architecture=True``           ``x + attn(LN1(x)) + mlp(LN2(x))``  ``parallel_residual``
-(Falcon-40B/180B), ``num_ln_in_parallel_``  (``ln_attn``, ``ln_mlp``);
-``attn=2`` (its default)                    grouped-query, ``num_kv_heads``
-``new_decoder_architecture=True``,          one norm, as Falcon-7B              ``parallel_shared_norm``
-``num_ln_in_parallel_attn=1``
-``parallel_attn=False``                     sequential pre-LN                   the default block
-==========================================  ==================================  ======================================
+- ``parallel_attn=True`` (Falcon-7B): ``x + attn(LN(x)) + mlp(LN(x))``, one norm
+  (``input_layernorm``) for both branches: ``parallel_residual=True,
+  parallel_shared_norm=True``;
+- ``new_decoder_architecture=True`` (Falcon-40B/180B) with its default
+  ``num_ln_in_parallel_attn=2``: ``x + attn(LN1(x)) + mlp(LN2(x))`` (``ln_attn``,
+  ``ln_mlp``) and grouped-query attention with ``num_kv_heads``:
+  ``parallel_residual=True``; with ``num_ln_in_parallel_attn=1`` one norm again
+  (``parallel_shared_norm=True``);
+- ``parallel_attn=False``: the sequential pre-LN block, the course's default.
 
 Without the new architecture, ``multi_query=True`` (the default) is one shared
 key and value head (``n_kv_heads=1``), ``False`` multi-head attention. The fused
