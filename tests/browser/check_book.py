@@ -23,6 +23,20 @@ alone. Two checks:
    each page is saved under ``_build/screenshots/`` (``*-zh.png`` for the
    Chinese pages).
 
+   Beyond those two pages it opens every chapter page (``chapters/**.html``:
+   each chapter's index, its notebooks and its exercises) of each edition
+   and runs the same checks, without requiring math or figures there.
+
+   On every page it opens, it asserts that the code reads without scrolling:
+   with the window 1280 pixels wide and every collapsed block (``<details>``,
+   such as the hidden solutions of the exercises) opened, no code block
+   (``div.highlight pre``, ``.cell_input pre``) and no text output
+   (``.cell_output pre``, output areas) may scroll horizontally
+   (``scrollWidth > clientWidth + 1``). A failure names the page, the first
+   line of the block and its longest line. The course keeps code lines and
+   printed outputs within 88 characters, and ``book/static/llmcourse.css``
+   widens the article so that 88 characters fit at that width.
+
    On a Chinese page it also asserts ``<html lang="zh-CN">`` and that the
    Chinese text renders as real glyphs, not as empty boxes ("tofu"), which
    is what a machine without a CJK font (Debian: ``fonts-noto-cjk``) shows.
@@ -290,6 +304,47 @@ PAGE_FACTS = """
 """
 
 
+# Code and text outputs that scroll sideways at this window width fail the check.
+READING_WIDTH = 1280
+
+OVERFLOW_FACTS = r"""
+(async () => {
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const selectors = [
+    'div.highlight pre', '.cell_input pre', '.cell_output pre',
+    '.cell_output .output', 'div.output_area', 'div.output pre',
+  ];
+  const seen = new Set();
+  const wide = [];
+  let checked = 0;
+  for (const el of document.querySelectorAll(selectors.join(', '))) {
+    if (seen.has(el) || el.clientWidth === 0) continue;
+    seen.add(el);
+    checked++;
+    if (el.scrollWidth > el.clientWidth + 1) {
+      const text = (el.matches('pre') ? el : (el.querySelector('pre') || el)).textContent;
+      const lines = text.split('\n');
+      const first = lines.find(l => l.trim()) || '';
+      const widest = lines.reduce((a, l) => ([...l].length > [...a].length ? l : a), '');
+      const longest = [...widest].length;
+      const kind = el.closest('.cell_output, .output, .output_area') ? 'output' : 'code';
+      wide.push({kind, first: first.slice(0, 100), longest, widest: widest.slice(0, 60),
+                 scrollWidth: el.scrollWidth, clientWidth: el.clientWidth});
+    }
+  }
+  // a block nested in another one overflows both: report it once
+  const unique = [];
+  const keys = new Set();
+  for (const w of wide) {
+    const key = w.kind + '\n' + w.first;
+    if (!keys.has(key)) { keys.add(key); unique.push(w); }
+  }
+  return {checked, wide: unique};
+})()
+"""
+
+
 CJK_FACTS = r"""
 (() => {
   const han = /[\u4e00-\u9fff]/;
@@ -460,6 +515,18 @@ def check_page(
             text = details.get("exception", {}).get("description") or details.get("text")
             problems.append(f"{label}: a script threw: {text}")
 
+    tools.call(
+        "Emulation.setDeviceMetricsOverride", width=READING_WIDTH, height=900, deviceScaleFactor=1, mobile=False
+    )
+    overflow = tools.evaluate(OVERFLOW_FACTS, timeout=30)
+    for block in overflow["wide"]:
+        problems.append(
+            f"{label}: {block['kind']} scrolls sideways at {READING_WIDTH} px "
+            f"({block['scrollWidth']} > {block['clientWidth']} px, longest line {block['longest']} characters), "
+            f"first line: {block['first']!r}; longest line starts {block['widest']!r}"
+        )
+    facts["height"] = tools.evaluate("Math.ceil(Math.max(document.documentElement.scrollHeight, document.body.scrollHeight))")
+
     height = max(900, min(int(facts["height"]), 20000))
     tools.call("Emulation.setDeviceMetricsOverride", width=1280, height=height, deviceScaleFactor=1, mobile=False)
     shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True, timeout=120)
@@ -471,7 +538,8 @@ def check_page(
     print(
         f"  {label}: {len(requests)} requests, all local; {facts['mathNodes']} math elements, "
         f"{facts['typeset']} typeset (MathJax {mathjax.get('version', '-')}); {len(facts['imgs'])} images, "
-        f"{len(figures)} figure(s); screenshot {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}"
+        f"{len(figures)} figure(s); {overflow['checked']} code/output blocks, {len(overflow['wide'])} too wide; "
+        f"screenshot {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}"
     )
     for line in extra_lines:
         print(f"    {line}")
@@ -491,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--landing", default="book/intro.html", help="landing page, must show math")
     parser.add_argument(
         "--notebook", default="chapters/00_getting_started/tour.html", help="notebook page, must show figures"
+    )
+    parser.add_argument(
+        "--pages",
+        default="chapters/**/*.html",
+        help="glob of further pages to open in each edition, relative to the build (default every chapter page; "
+        "'' for none)",
     )
     args = parser.parse_args(argv)
 
@@ -543,7 +617,16 @@ def main(argv: list[str] | None = None) -> int:
         tools.call("Network.setCacheDisabled", cacheDisabled=True)
         tools.call("DOM.enable")
         tools.call("CSS.enable")
-        for page, math, figures in ((args.landing, True, False), (args.notebook, False, True)):
+        pages = [(args.landing, True, False), (args.notebook, False, True)]
+        if args.pages:
+            named = {args.landing, args.notebook}
+            for found in sorted(html.glob(args.pages)):
+                page = found.relative_to(html).as_posix()
+                if page not in named:
+                    pages.append((page, False, False))
+                    named.add(page)
+        print(f"{len(pages)} pages to open in each edition")
+        for page, math, figures in pages:
             if html_zh is None:
                 problems += check_page(tools, base, page, args.screenshots, need_math=math, need_figures=figures)
                 continue
