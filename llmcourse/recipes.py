@@ -104,7 +104,7 @@ _RECIPES: list[Recipe] = [
         _cfg(vocab_size=40000, d_model=16384, n_heads=128, d_ff=65536, n_layers=64, max_seq_len=1024,
              norm="layernorm", ffn="gelu", position="learned", bias=True, tie_embeddings=True),
         dict(d_ff=256),
-        "PanGu-alpha paper, table 1 (207B: 64 layers, d_model 16384, d_ff 65536, 128 heads); vocabulary 40,000",
+        "PanGu-alpha paper (207B: 64 layers, d_model 16384, d_ff 65536, 128 heads); vocabulary 40,000",
         "PanGu-alpha's last layer is a 'query layer' whose attention query is a learned position "
         "embedding; the package has no such layer, so the recipe makes it an ordinary block (one "
         "context x d_model table fewer).",
@@ -144,8 +144,8 @@ _RECIPES: list[Recipe] = [
              norm="layernorm", ffn="gelu_tanh", position="alibi", bias=True, embed_norm=True,
              tie_embeddings=True),
         dict(d_ff=256),
-        "BLOOM paper, table 3 (176B: 70 layers, d_model 14336, 112 heads); vocabulary 250,880 as in the "
-        "released checkpoint",
+        "BLOOM paper (176B: 70 layers, d_model 14336, 112 heads); vocabulary 250,880 as in the released "
+        "checkpoint",
         "ALiBi instead of position embeddings, a LayerNorm right after the token embedding, GeLU in its "
         "tanh form.",
         survey=("CD", "176B", "Pre LN", "ALiBi", "GeLU", "yes", "70", "112", "14336", "2048"),
@@ -172,7 +172,7 @@ _RECIPES: list[Recipe] = [
              max_seq_len=2048, norm="rmsnorm", norm_eps=1e-6, ffn="gelu", position="t5", bias=False,
              tie_embeddings=True),
         dict(head_dim=16, d_ff=256),
-        "Chinchilla paper, table 4 (70B: 80 layers, 64 heads of 128, d_model 8192); Gopher's architecture",
+        "Chinchilla paper (70B: 80 layers, 64 heads of 128, d_model 8192); Gopher's architecture",
         "Gopher's architecture at a quarter of the size, trained on four times the tokens; the same "
         "substitution of T5 buckets for Transformer-XL relative positions (about L D^2 parameters fewer).",
         survey=("CD", "70B", "Pre RMS", "Relative", "-", "-", "80", "64", "8192", "-"),
@@ -183,7 +183,7 @@ _RECIPES: list[Recipe] = [
         _cfg(vocab_size=50000, d_model=10240, n_heads=80, d_ff=40960, n_layers=96, max_seq_len=2048,
              norm="layernorm", ffn="gelu", position="learned", bias=False, tie_embeddings=True),
         dict(d_ff=256),
-        "Galactica paper, table 1 (120B: 96 layers, d_model 10240, 80 heads); vocabulary 50,000",
+        "Galactica paper (120B: 96 layers, d_model 10240, 80 heads); vocabulary 50,000",
         "OPT-style decoder without any bias, in the linear layers or the LayerNorms.",
         survey=("CD", "120B", "Pre LN", "Learned", "GeLU", "no", "96", "80", "10240", "2048"),
         features=("learned positions", "GeLU", "no biases"),
@@ -194,8 +194,7 @@ _RECIPES: list[Recipe] = [
              max_seq_len=2048, norm="rmsnorm", norm_eps=1e-6, ffn="geglu", position="t5", bias=False,
              tie_embeddings=True),
         dict(head_dim=16, d_ff=512),
-        "LaMDA paper, sec. 3 and table 27 (137B: 64 layers, d_model 8192, d_ff 65536, 128 heads of 128); "
-        "vocabulary 32k",
+        "LaMDA paper (137B: 64 layers, d_model 8192, d_ff 65536, 128 heads of 128); vocabulary 32k",
         "A decoder-only T5-style model: relative attention buckets and gated-GeLU. The survey gives no "
         "norm and no context; the recipe assumes T5's pre-norm RMSNorm, no biases, and a context of 2048 "
         "(relative positions set no hard limit). The tiny size keeps d_ff = 8 d_model.",
