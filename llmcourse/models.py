@@ -201,6 +201,11 @@ class DecoderLM(_LMHead):
                 "prefix_len was given but this is a causal decoder (config.mask='causal'); convert it with "
                 "llmcourse.models.to_prefix_decoder(model) to use a prefix mask over the same weights."
             )
+        if prefix_len is not None and offset > 0:
+            raise ValueError(
+                f"prefix_len was given on a cached step ({offset} tokens already in the cache); the prefix is set by "
+                "the first, uncached call that encodes it, and later tokens are causal. Leave prefix_len out here."
+            )
         causal, bias = True, None
         if cfg.mask == "prefix" and offset == 0:
             if prefix_len is None:
@@ -295,7 +300,11 @@ class EncoderDecoderLM(_LMHead):
             )
         if attention_mask is not None:
             check_attention_mask(attention_mask, every_row_real=True)
-        context_bias = padding_bias(attention_mask) if attention_mask is not None else None
+        context_bias = None
+        if attention_mask is not None:
+            context_bias = padding_bias(attention_mask)
+            # masked source positions get zero attention weight, but 0 * nan is nan: clear whatever they hold
+            memory = memory.masked_fill(attention_mask[..., None] == 0, 0.0)
         h = self.decoder(
             self._embed(decoder_input_ids, self.decoder_embedding), offset=offset, position_ids=position_ids, causal=True,
             context=memory, context_bias=context_bias, caches=cache,

@@ -71,7 +71,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     min_lr: float | None = None  # None: lr / 10
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: min(100, steps)
     weight_decay: float = 0.1  # applied to matrices only (tensors with dim >= 2)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -93,8 +93,15 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}={v!r} must be a positive integer.")
-        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0.")
+        if self.warmup_steps is not None:
+            if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+                raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0, or None for min(100, steps).")
+            if self.warmup_steps > self.steps:
+                raise ValueError(
+                    f"warmup_steps={self.warmup_steps} is more than steps={self.steps}: the learning rate would never "
+                    f"reach lr={self.lr}. Use warmup_steps <= steps (a tenth of the steps is usual), or None for "
+                    "min(100, steps)."
+                )
         for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
@@ -140,6 +147,11 @@ class TrainConfig:
             )
 
     @property
+    def resolved_warmup_steps(self) -> int:
+        """The warmup length used: ``warmup_steps``, or ``min(100, steps)`` when it is None."""
+        return min(100, self.steps) if self.warmup_steps is None else self.warmup_steps
+
+    @property
     def resolved_min_lr(self) -> float:
         return self.lr / 10 if self.min_lr is None else self.min_lr
 
@@ -151,13 +163,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     so the *first* step already moves, at ``lr / warmup_steps`` (not 0), and step
     ``warmup_steps - 1`` is the first at the full ``lr``. From there a cosine
     falls to ``min_lr``, which it reaches at step ``steps`` and keeps after.
-    With ``warmup_steps = 0`` the first step runs at ``lr``.
+    With ``warmup_steps = 0`` the first step runs at ``lr``; ``None`` warms up
+    over ``min(100, steps)`` steps.
     """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    warmup = cfg.resolved_warmup_steps
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    span = max(1, cfg.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     return cfg.resolved_min_lr + 0.5 * (cfg.lr - cfg.resolved_min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _check_loss(loss: Any, loss_fn: Callable) -> None:
+    """The loss function must return one differentiable number."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"the loss function {name} returned {shape}, not a scalar tensor; reduce it (e.g. .mean()) "
+                         "so that one number is differentiated.")
+    if not loss.requires_grad:
+        raise ValueError(f"the loss from {name} does not depend on any trainable parameter (no grad_fn); compute it "
+                         "from the model's output, not under torch.no_grad() or from detached tensors.")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -356,6 +382,11 @@ class Trainer:
         self.history = History()
         self.generator = torch.Generator().manual_seed(cfg.seed)  # the global batch order: the same on every rank
         self._init_rng(cfg.seed + rank)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                "every parameter of the model is frozen (requires_grad=False), so there is nothing to train; "
+                "unfreeze what should learn, e.g. model.requires_grad_(True)."
+            )
         impl = {"plain": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adamw_impl]
         self.optimizer = torch.optim.AdamW(
             param_groups(self.wrapped, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **impl
@@ -518,6 +549,7 @@ class Trainer:
                 with sync:
                     with auxiliary.collect() as aux, self._autocast():
                         loss = self.loss_fn(self.wrapped, self._to_device(mb))
+                    _check_loss(loss, self.loss_fn)
                     values = [loss.detach()] + [v.detach() for v in aux.losses.values()]
                     finite = torch.isfinite(torch.stack([v.float() for v in values])).all()
                     if _distributed():  # every rank must take the same branch, or the others wait forever

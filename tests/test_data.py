@@ -114,3 +114,19 @@ def test_plays_must_be_a_positive_count(plays):
     """Issue 18, the rest of the list: plays=0 returned every play and plays=-1 all but the last."""
     with pytest.raises(ValueError, match=rf"plays={plays!r} must be a positive number of plays"):
         corpus_text("shakespeare", plays=plays)
+
+
+def test_a_local_file_named_shakespeare_is_not_silently_shadowed(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    (tmp_path / "shakespeare").write_text("to be or not to be\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"Path\('shakespeare'\)"):
+        corpus_text("shakespeare")
+    assert corpus_text(Path("shakespeare")) == "to be or not to be\n"
+
+
+@pytest.mark.parametrize("batch_size, seq_len", [(0, 8), (4, 0), (-1, 8), (2.5, 8), (True, 8)])
+def test_lm_batches_refuse_empty_or_fractional_sizes(batch_size, seq_len):
+    with pytest.raises(ValueError, match="positive integer"):
+        LMBatches(torch.arange(100), batch_size, seq_len)

@@ -44,7 +44,7 @@ def test_weight_decay_only_on_matrices(tiny_config):
 
 def _run(config, ids, steps, seed=0):
     model = build_model(config, seed=seed)
-    cfg = TrainConfig(steps=steps, batch_size=4, lr=2e-3, warmup_steps=3, eval_every=5, eval_batches=2, seed=seed, progress=False)
+    cfg = TrainConfig(steps=steps, batch_size=4, lr=2e-3, warmup_steps=min(3, steps), eval_every=5, eval_batches=2, seed=seed, progress=False)
     trainer = Trainer(model, cfg, LMBatches(ids, 4, 32), LMBatches(ids, 4, 32))
     return model, trainer
 

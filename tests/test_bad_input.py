@@ -1,0 +1,100 @@
+"""Bad input gets a clear error, never a silent wrong answer (the rest of the reliability list)."""
+
+import errno
+
+import pytest
+import torch
+
+from llmcourse import LMBatches, ModelConfig, TrainConfig, Trainer, build_model, to_prefix_decoder
+from llmcourse import checkpoint
+from llmcourse.checkpoint import save_checkpoint
+from llmcourse.masks import prefix_bias
+from llmcourse.train import lr_at
+
+TINY = dict(vocab_size=50, d_model=32, n_heads=2, n_layers=1, max_seq_len=16)
+
+
+def _batches():
+    return LMBatches(torch.arange(1000) % 50, 4, 8)
+
+
+def test_warmup_longer_than_the_run_is_refused_and_the_default_fits_the_run():
+    with pytest.raises(ValueError, match="warmup_steps=60 is more than steps=50"):
+        TrainConfig(steps=50, warmup_steps=60)
+    short = TrainConfig(steps=50, lr=1e-3)  # the default warmup (100) used to exceed the run
+    assert short.resolved_warmup_steps == 50
+    assert lr_at(49, short) == pytest.approx(1e-3)  # the peak is reached
+    assert TrainConfig(steps=1000).resolved_warmup_steps == 100
+
+
+def test_a_model_with_every_parameter_frozen_is_refused():
+    model = build_model(ModelConfig(**TINY), seed=0).requires_grad_(False)
+    with pytest.raises(ValueError, match="every parameter of the model is frozen"):
+        Trainer(model, TrainConfig(steps=2, progress=False), _batches())
+
+
+def test_a_non_scalar_or_detached_loss_is_named():
+    model = build_model(ModelConfig(**TINY), seed=0)
+
+    def per_token(m, batch):
+        return m(batch["input_ids"]).mean(-1)  # (B, T): forgot to reduce
+
+    def detached(m, batch):
+        return m(batch["input_ids"]).mean().detach()
+
+    for fn, pattern in ((per_token, r"per_token returned \(4, 8\), not a scalar"),
+                        (detached, "does not depend on any trainable parameter")):
+        trainer = Trainer(model, TrainConfig(steps=2, progress=False), _batches(), loss_fn=fn)
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=pattern):
+            trainer.train()
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("prefix_len", [2.5, torch.tensor([2.5, 3.0]), True])
+def test_a_fractional_prefix_length_is_refused_not_rounded(prefix_len):
+    with pytest.raises(ValueError, match="prefix_len must"):
+        prefix_bias(prefix_len, 8)
+    model = to_prefix_decoder(build_model(ModelConfig(**TINY), seed=0))
+    with pytest.raises(ValueError, match="prefix_len must"):
+        model(torch.randint(0, 50, (2, 8)), prefix_len=prefix_len)
+
+
+def test_prefix_len_on_a_cached_step_is_refused_not_ignored():
+    model = to_prefix_decoder(build_model(ModelConfig(**TINY), seed=0))
+    cache = model.new_cache()
+    model(torch.randint(0, 50, (1, 4)), prefix_len=4, cache=cache)
+    with pytest.raises(ValueError, match="cached step"):
+        model(torch.randint(0, 50, (1, 1)), prefix_len=2, cache=cache)
+
+
+def test_decode_ignores_whatever_masked_source_positions_hold():
+    cfg = ModelConfig(**TINY, arch="encoder_decoder")
+    model = build_model(cfg, seed=0).eval()
+    src = torch.randint(0, 50, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    memory = model.encode(src, attention_mask=mask)
+    dec = torch.randint(0, 50, (2, 5))
+    clean = model.decode(dec, memory, attention_mask=mask)
+    poisoned = memory.clone()
+    poisoned[0, 4:] = float("nan")
+    out = model.decode(dec, poisoned, attention_mask=mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, clean, rtol=0, atol=0)
+
+
+def test_a_failed_save_names_the_target_and_keeps_the_old_file(tmp_path, monkeypatch):
+    model = build_model(ModelConfig(**TINY), seed=0)
+    target = tmp_path / "ck.safetensors"
+    save_checkpoint(target, model)
+    old = target.read_bytes()
+
+    def refuse(state, filename, metadata=None):
+        raise PermissionError(errno.EACCES, "Permission denied", filename)
+
+    monkeypatch.setattr(checkpoint, "save_file", refuse)
+    with pytest.raises(PermissionError) as info:
+        save_checkpoint(target, model)
+    message = str(info.value)
+    assert str(target) in message and ".tmp-" not in message and "writable" in message
+    assert target.read_bytes() == old
