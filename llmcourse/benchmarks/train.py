@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps each")
     print(f"float32 matmul peak (1024^3 GEMM, best of 10): {peak / 1e9:.1f} GFLOP/s")
     c = compare(options, args.steps, args.warmup, args.chunk, corpus=corpus, progress=False)
+    after = matmul_peak()  # a machine busy at the start would understate the peak: keep the best of both
+    if after > peak:
+        print(f"float32 matmul peak measured again after the runs: {after / 1e9:.1f} GFLOP/s (used below)")
+        peak = after
     for line in report(c, fpt, peak):
         print(line)
     return 0
