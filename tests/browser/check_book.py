@@ -307,6 +307,17 @@ PAGE_FACTS = """
 # Code and text outputs that scroll sideways at this window width fail the check.
 READING_WIDTH = 1280
 
+# Pages whose stored outputs or code are known to be too wide and wait for
+# re-execution (one path per line, relative to the build; '#' starts a comment).
+# Their overflows are listed as known, not failed; every other page must fit.
+KNOWN_WIDE_FILE = Path(__file__).with_name("known_wide.txt")
+KNOWN_WIDE = {
+    line.split("#", 1)[0].strip()
+    for line in (KNOWN_WIDE_FILE.read_text(encoding="utf-8").splitlines() if KNOWN_WIDE_FILE.is_file() else [])
+} - {""}
+KNOWN_SEEN: set[str] = set()
+KNOWN_REPORTS: list[str] = []
+
 OVERFLOW_FACTS = r"""
 (async () => {
   document.querySelectorAll('details').forEach(d => { d.open = true; });
@@ -519,8 +530,11 @@ def check_page(
         "Emulation.setDeviceMetricsOverride", width=READING_WIDTH, height=900, deviceScaleFactor=1, mobile=False
     )
     overflow = tools.evaluate(OVERFLOW_FACTS, timeout=30)
+    known = path in KNOWN_WIDE
+    if known:
+        KNOWN_SEEN.add(path)
     for block in overflow["wide"]:
-        problems.append(
+        (KNOWN_REPORTS if known else problems).append(
             f"{label}: {block['kind']} scrolls sideways at {READING_WIDTH} px "
             f"({block['scrollWidth']} > {block['clientWidth']} px, longest line {block['longest']} characters), "
             f"first line: {block['first']!r}; longest line starts {block['widest']!r}"
@@ -650,6 +664,12 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()
         shutil.rmtree(profile, ignore_errors=True)
 
+    for report in KNOWN_REPORTS:
+        print(f"KNOWN ({KNOWN_WIDE_FILE.name}): {report}")
+    wide_pages = {r.split(":", 1)[0] for r in KNOWN_REPORTS}
+    for page in sorted(KNOWN_WIDE & KNOWN_SEEN):
+        if not any(page in label for label in wide_pages):
+            print(f"NOTE: {page} fits now; remove it from {KNOWN_WIDE_FILE.name}")
     for problem in problems:
         print(f"FAIL: {problem}")
     print("browser check:", "passed" if not problems else f"{len(problems)} problem(s)")
