@@ -216,3 +216,64 @@ def tensor_parallel(model: nn.Module, mesh=None) -> nn.Module:
                 plan["gate_proj"] = ColwiseParallel()
             parallelize_module(module, mesh, plan)
     return model
+
+
+# --- expert parallelism ----------------------------------------------------------------------------------------------
+def expert_parallel(model: nn.Module, group=None) -> nn.Module:
+    """Split the experts of every mixture-of-experts layer over the ranks of ``group`` (GShard, Switch).
+
+    Rank ``r`` of ``K`` keeps experts ``r*E/K : (r+1)*E/K`` of each
+    :class:`~llmcourse.moe.MoEFeedForward` and drops the others; everything else
+    (embeddings, attention, norms, routers, shared experts) stays whole on every
+    rank. Each rank routes its own tokens (its own shard of the batch, as in data
+    parallelism, with the capacity of its own tokens), sends each token to the rank
+    that owns its expert with an all-to-all, and receives the results with a second
+    one (:meth:`~llmcourse.moe.MoEFeedForward._all_to_all`). Memory for the experts
+    falls ``K`` ways; the price is two all-to-alls per MoE layer, forward and backward.
+
+    After ``backward``, call :func:`sync_expert_parallel_grads`: the replicated
+    parameters need the data-parallel mean over ranks, and the experts, whose
+    gradients already hold every rank's tokens, a division by ``K``. Then the
+    gradients equal those of one process on the whole batch (tested with 2 gloo
+    processes). Every rank must build the same model (same seed) before the split.
+    The model is changed in place and returned. ``E`` must be divisible by ``K``.
+    """
+    import torch.distributed as dist
+
+    from .moe import moe_layers
+
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError("expert_parallel splits the experts of a mixture of experts; this model has none (n_experts=0).")
+    group = group if group is not None else dist.group.WORLD
+    K, r = dist.get_world_size(group), dist.get_rank(group)
+    for layer in layers:
+        if layer.n_experts % K:
+            raise ValueError(
+                f"n_experts={layer.n_experts} must be divisible by the {K} expert-parallel ranks (each rank keeps "
+                f"n_experts / {K} whole experts); choose n_experts as a multiple of {K}."
+            )
+        L = layer.n_experts // K
+        layer.experts = nn.ModuleList(list(layer.experts)[r * L:(r + 1) * L])
+        layer.expert_group, layer.first_expert = group, r * L
+    return model
+
+
+def sync_expert_parallel_grads(model: nn.Module, group=None) -> None:
+    """After ``backward`` on an :func:`expert_parallel` model: average the replicated gradients over the ranks
+    (one all-reduce each) and divide the local experts' gradients by ``K``, so that every gradient equals one
+    process's on the union of the ranks' batches (their mean loss)."""
+    import torch.distributed as dist
+
+    from .moe import moe_layers
+
+    K = dist.get_world_size(group)
+    local = {id(p) for layer in moe_layers(model) for p in layer.experts.parameters()}
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        if id(p) in local:
+            p.grad.div_(K)
+        else:
+            dist.all_reduce(p.grad, group=group)
+            p.grad.div_(K)

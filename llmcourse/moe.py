@@ -334,6 +334,9 @@ class MoEFeedForward(nn.Module):
         self.capacity_factor, self.expert_capacity = capacity_factor, expert_capacity
         self.balance_loss_coef, self.router_z_loss_coef = float(balance_loss_coef), float(router_z_loss_coef)
         self.dispatch, self.capacity_scope = dispatch, capacity_scope
+        # expert parallelism (llmcourse.distributed.expert_parallel): the process group the
+        # experts are split over, and the global index of this rank's first expert
+        self.expert_group, self.first_expert = None, 0
 
     @property
     def dispatch(self) -> str:
@@ -402,7 +405,9 @@ class MoEFeedForward(nn.Module):
         groups = N // per_group if per_group else 1
         routing = self.router(flat)
         routing.capacity = self.capacity(per_group)
-        if self.dispatch == "sorted":
+        if self.expert_group is not None:
+            out = self._all_to_all(flat, routing, groups)
+        elif self.dispatch == "sorted":
             out = self._sorted(flat, routing, groups)
         else:
             out = self._reference(flat, routing, groups)
@@ -434,6 +439,46 @@ class MoEFeedForward(nn.Module):
         gate = routing.weights[plan.token, plan.choice]  # (M,)
         y = torch.cat(ys) * gate[:, None]  # (M, D)
         return torch.zeros_like(x).index_add_(0, plan.token, y.to(x.dtype))  # (N, D)
+
+    def _all_to_all(self, x: torch.Tensor, routing: Routing, groups: int) -> torch.Tensor:
+        """Expert parallelism: this rank's kept assignments go to the ranks that own their experts.
+
+        Rank ``r`` of ``K`` owns experts ``r*L : (r+1)*L`` (``L = E / K``, ``self.experts`` holds
+        only those). Shapes: ``x (N, D)`` this rank's tokens -> ``(N, D)``. One all-to-all
+        sends the per-expert counts, one sends the ``(M, D)`` token rows (grouped by expert, so
+        by owner), the owners run their experts on the rows from every rank, and one more
+        all-to-all brings the ``(M, D)`` results home, where the gates weight them and
+        ``index_add_`` puts them back, as in :meth:`_sorted`. Both row exchanges are
+        differentiable, so the experts' gradients come from every rank's tokens.
+        """
+        import torch.distributed as dist
+        from torch.distributed.nn.functional import all_to_all_single
+
+        group, K = self.expert_group, dist.get_world_size(self.expert_group)
+        L, D = len(self.experts), x.shape[-1]
+        plan = sort_by_expert(routing.experts, self.n_experts, routing.capacity, groups)
+        routing.kept = plan.kept
+        counts = torch.tensor(plan.counts, device=x.device)  # (E,) rows this rank sends to each expert
+        recv = torch.empty_like(counts)
+        dist.all_to_all_single(recv, counts, group=group)  # (K L,): rows each rank sends to my experts
+        recv = recv.view(K, L).tolist()  # [source rank][local expert]
+        send_splits = counts.view(K, L).sum(dim=1).tolist()
+        recv_splits = [sum(row) for row in recv]
+        xs = x.index_select(0, plan.token)  # (M, D), grouped by expert, so by owning rank
+        rows = all_to_all_single(x.new_empty(sum(recv_splits), D), xs, recv_splits, send_splits, group=group)
+        chunks = rows.split([n for row in recv for n in row])  # source-major, then local expert
+        outs: list[list[torch.Tensor]] = [[] for _ in range(K)]
+        for e, expert in enumerate(self.experts):
+            mine = [chunks[s * L + e] for s in range(K)]
+            batch = torch.cat(mine)  # (rows for expert e from every rank, D)
+            y = expert(batch) if batch.shape[0] else batch
+            for s, part in enumerate(y.split([len(m) for m in mine])):
+                outs[s].append(part)
+        back = torch.cat([part for per_source in outs for part in per_source])  # source-major again
+        ys = all_to_all_single(x.new_empty(xs.shape[0], D), back, send_splits, recv_splits, group=group)
+        gate = routing.weights[plan.token, plan.choice]  # (M,)
+        y = ys * gate[:, None]
+        return torch.zeros_like(x).index_add_(0, plan.token, y.to(x.dtype))
 
     def _report(self, routing: Routing) -> None:
         if self.balance_loss_coef > 0:
