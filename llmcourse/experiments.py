@@ -149,13 +149,6 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def within_noise(rows: list[dict], a: str, b: str) -> bool:
-    """Deprecated (overlapping min-max ranges are weak evidence): use :func:`paired_comparison`."""
-    ra = next(r for r in rows if r["variant"] == a)
-    rb = next(r for r in rows if r["variant"] == b)
-    return not (ra["max"] < rb["min"] or rb["max"] < ra["min"])
-
-
 UNRESOLVED = "not resolved at this budget"
 
 
