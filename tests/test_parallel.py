@@ -1,12 +1,10 @@
 """Tensor parallelism (``llmcourse.distributed.tensor_parallel``) on 2 gloo processes equals one process."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from gloo_ranks import run_two_ranks
 
 from llmcourse import build_model
 from llmcourse.distributed import tensor_parallel
@@ -57,17 +55,7 @@ CONFIGS = {
 
 
 def test_two_tensor_parallel_ranks_give_the_logits_and_gradients_of_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _TP_WORKER, str(rank), str(tmp_path / "store"),
-                          str(tmp_path / f"{rank}.json"), json.dumps(CONFIGS)], env=env, stderr=subprocess.PIPE, text=True)
-        for rank in (0, 1)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err[-3000:]
-    for rank in (0, 1):
-        results = json.loads((tmp_path / f"{rank}.json").read_text())
+    for results in run_two_ranks(_TP_WORKER, tmp_path, json.dumps(CONFIGS)):
         for name, r in results.items():
             assert r["local_heads"] == 2 and r["local_rows"] == 64, (name, r)  # half the heads, half of d_ff
             for key in ("logits", "loss", "grad", "embed_grad"):
