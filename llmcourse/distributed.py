@@ -272,8 +272,6 @@ def sync_expert_parallel_grads(model: nn.Module, group=None) -> None:
     for p in model.parameters():
         if p.grad is None:
             continue
-        if id(p) in local:
-            p.grad.div_(K)
-        else:
-            dist.all_reduce(p.grad, group=group)
-            p.grad.div_(K)
+        if id(p) not in local:
+            dist.all_reduce(p.grad, group=group)  # a sum over ranks; the division makes it a mean
+        p.grad.div_(K)

@@ -281,6 +281,12 @@ def router_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 # --- the layer -------------------------------------------------------------------------
+def _combine(x: torch.Tensor, plan: Assignment, routing: Routing, y: torch.Tensor) -> torch.Tensor:
+    """Weight the experts' outputs ``y (M, D)`` (in ``plan`` order) by their gates and add them back at their tokens -> ``(N, D)``."""
+    gate = routing.weights[plan.token, plan.choice]  # (M,)
+    return torch.zeros_like(x).index_add_(0, plan.token, (y * gate[:, None]).to(x.dtype))
+
+
 class MoEFeedForward(nn.Module):
     """A mixture-of-experts feed-forward block. Shapes: ``(..., D) -> (..., D)``, like :class:`~llmcourse.ffn.FeedForward`.
 
@@ -436,9 +442,7 @@ class MoEFeedForward(nn.Module):
         routing.kept = plan.kept
         xs = x.index_select(0, plan.token)  # (M, D), grouped by expert
         ys = [expert(chunk) if n else chunk for expert, chunk, n in zip(self.experts, xs.split(plan.counts), plan.counts)]
-        gate = routing.weights[plan.token, plan.choice]  # (M,)
-        y = torch.cat(ys) * gate[:, None]  # (M, D)
-        return torch.zeros_like(x).index_add_(0, plan.token, y.to(x.dtype))  # (N, D)
+        return _combine(x, plan, routing, torch.cat(ys))
 
     def _all_to_all(self, x: torch.Tensor, routing: Routing, groups: int) -> torch.Tensor:
         """Expert parallelism: this rank's kept assignments go to the ranks that own their experts.
@@ -476,9 +480,7 @@ class MoEFeedForward(nn.Module):
                 outs[s].append(part)
         back = torch.cat([part for per_source in outs for part in per_source])  # source-major again
         ys = all_to_all_single(x.new_empty(xs.shape[0], D), back, send_splits, recv_splits, group=group)
-        gate = routing.weights[plan.token, plan.choice]  # (M,)
-        y = ys * gate[:, None]
-        return torch.zeros_like(x).index_add_(0, plan.token, y.to(x.dtype))
+        return _combine(x, plan, routing, ys)
 
     def _report(self, routing: Routing) -> None:
         if self.balance_loss_coef > 0:
