@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from typing import NamedTuple
@@ -157,7 +158,10 @@ class LearnedPositions(Positions):
                         "positions cannot extrapolate. Keep sequences within max_seq_len, or use "
                         "position='sinusoidal', 'rope', 'alibi', 't5' or 'none', which are defined at every position."
                     )
-            h = h + table[ids]
+            # F.embedding, not table[ids]: with ids repeated across rows (padding,
+            # GLM's second ids), the gradient of table[ids] is accumulated by
+            # several threads in no fixed order, so runs differ in the last bits.
+            h = h + F.embedding(ids, table)
         return h
 
 

@@ -63,6 +63,24 @@ def test_learned_table_errors_past_its_length():
         model(ids, extrapolate=True)
 
 
+def test_learned_table_gradient_is_the_same_every_run():
+    # position ids repeated across rows (padding, GLM's second ids): the table's
+    # gradient must not depend on the order in which threads add the rows up
+    pos = LearnedPositions(max_seq_len=96, d_model=64, dims=2)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 96, (32, 72, 2), generator=g)
+    ids[:, 40:] = 0  # padding: one id, many times
+    upstream = torch.randn(32, 72, 64, generator=g)
+    grads = []
+    for _ in range(20):
+        pos.zero_grad(set_to_none=True)
+        pos.embed(torch.zeros(32, 72, 64), ids).backward(upstream)
+        grads.append(torch.cat([pos.weight.grad, pos.block_weight.grad]))
+    assert all(torch.equal(x, grads[0]) for x in grads)
+    expected = torch.zeros(96, 64).index_add_(0, ids[..., 0].flatten(), upstream.reshape(-1, 64))
+    torch.testing.assert_close(grads[0][:96], expected)
+
+
 @pytest.mark.parametrize("position", [p for p in POSITIONS if p != "learned"])
 def test_every_other_encoding_runs_past_the_training_length(position):
     model = build_model(ModelConfig(vocab_size=11, d_model=16, n_heads=2, n_layers=1, max_seq_len=8, position=position))
