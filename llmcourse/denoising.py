@@ -32,17 +32,21 @@ and raise a :class:`ValueError` naming the fix when it cannot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .data import LMBatches
 from .objectives import (
     IGNORE,
+    decoder_loss,
     lm_loss,
+    prefix_lm_batch,
     prefix_lm_targets,
     random_spans_noise_mask,
+    sentinel_tokens,
     seq2seq_as_decoder_batch,
     shift_right,
     span_corrupt,
@@ -575,3 +579,95 @@ def denoising_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     if cfg.arch == "decoder" and cfg.mask == "causal" and "prefix_len" in batch:
         batch = {k: v for k, v in batch.items() if k != "prefix_len"}
     return lm_loss(model, batch)
+
+
+# --- five objectives on the same windows (chapter 07's comparisons) -------------------------
+BOS = "<s>"  # opens the decoder side of a sequence-to-sequence example
+
+
+def comparison_tokenizer(tokenizer):
+    """``tokenizer`` plus every special token the compared objectives use.
+
+    ``[MASK]``, ``[START]``, ``[END]``, ``[gMASK]``, UL2's mode tokens, ``<s>`` and
+    ten sentinels; the ids of the existing tokens do not change.
+    """
+    return tokenizer.with_specials([MASK, START, END, GMASK, *MODE_TOKENS.values(), BOS] + sentinel_tokens(10))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A pre-training objective as chapter 07 compares them.
+
+    ``make(windows (B, W), generator) -> batch`` corrupts windows of text (all its
+    randomness from ``generator``), ``loss(model, batch)`` scores the batch, and
+    ``settings`` are the :class:`~llmcourse.config.ModelConfig` fields the model
+    needs to read it (``mask='prefix'``, ``position_dims=2``).
+    """
+
+    name: str
+    make: Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
+    loss: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    settings: dict = field(default_factory=dict)
+
+
+def compared_objectives(tokenizer, ids: torch.Tensor, window: int, gmask_prob: float = 0.7) -> dict[str, Objective]:
+    """Language modelling, prefix LM, BERT masking, T5's spans and GLM on windows of ``window`` tokens.
+
+    ``tokenizer`` must carry the specials of :func:`comparison_tokenizer`; ``ids``
+    is the stream GLM's examples are checked against. Prefix LM draws its prefix
+    length uniformly from ``[1, window - 2]``; BERT's prefix covers the window (an
+    encoder); T5's spans are in decoder-only form (the corrupted text is the prefix,
+    the spans follow it); GLM mixes ``gmask_prob`` ``[gMASK]`` examples with
+    ``[MASK]`` ones, as GLM-130B does (70%).
+    """
+    missing = [t for t in (MASK, START, END, GMASK, BOS) if t not in tokenizer.specials]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the special tokens {missing}; build it with comparison_tokenizer(tokenizer).")
+    M, S, E, G, bos = (tokenizer.special_id(t) for t in (MASK, START, END, GMASK, BOS))
+    sentinels = [tokenizer.special_id(s) for s in sentinel_tokens(10)]
+    glm_examples = GLMBatches(ids, 1, window, mask_id=M, start_id=S, end_id=E, gmask_id=G, gmask_prob=gmask_prob)
+    W = window
+
+    def lm(w, h):
+        return {"input_ids": w[:, :-1], "targets": w[:, 1:]}
+
+    def prefix_lm(w, h):
+        return prefix_lm_batch(lm(w, h), torch.randint(1, W - 1, (len(w),), generator=h))
+
+    def bert(w, h):
+        inputs, targets = bert_mask(w, mask_id=M, n_random=regular_vocab_size(tokenizer), generator=h)
+        return {"input_ids": inputs, "prefix_len": torch.full((len(w),), W), "targets": targets}
+
+    def t5(w, h):
+        noise = random_spans_noise_mask(W, 0.15, 3.0, len(w), h)
+        src, tgt = span_corrupt(w, noise, sentinels)
+        return seq2seq_as_decoder_batch({"input_ids": src, "decoder_input_ids": shift_right(tgt, bos), "targets": tgt})
+
+    def glm(w, h):
+        return pad_examples([glm_examples.example(row, h) for row in w])
+
+    return {
+        "LM": Objective("LM", lm, lm_loss),
+        "prefix LM": Objective("prefix LM", prefix_lm, decoder_loss, {"mask": "prefix"}),
+        "BERT": Objective("BERT", bert, masked_lm_loss, {"mask": "prefix"}),
+        "T5 spans": Objective("T5 spans", t5, denoising_loss, {"mask": "prefix"}),
+        "GLM": Objective("GLM", glm, glm_loss, {"mask": "prefix", "position_dims": 2}),
+    }
+
+
+def window_batches(make: Callable, ids: torch.Tensor, batch_size: int, window: int) -> Callable[[torch.Generator], dict]:
+    """A batch source: ``batch_size`` random windows of ``window`` tokens from ``ids``, corrupted by ``make``.
+
+    The windows draw from the trainer's generator ``g`` and the corruption from a
+    second generator seeded by one draw of ``g``, so every objective sees the same
+    windows for the same seed, whatever its corruption draws.
+    """
+    windows = LMBatches(ids, batch_size, window - 1)
+
+    def draw(g: torch.Generator) -> dict[str, torch.Tensor]:
+        x = windows(g)
+        w = torch.cat([x["input_ids"], x["targets"][:, -1:]], 1)  # (B, W)
+        h = torch.Generator().manual_seed(int(torch.randint(2**31, (), generator=g)))
+        return make(w, h)
+
+    return draw

@@ -316,3 +316,39 @@ def test_ul2_losses_on_all_three_architectures(tok, token_ids):
     causal = build_model(_cfg(tok), seed=0)
     plain = {k: v for k, v in dec.items() if k != "prefix_len"}
     assert torch.equal(denoising_loss(causal, dec), lm_loss(causal, plain))
+
+
+# --- the five compared objectives (chapter 07) -------------------------------------------
+def test_compared_objectives_need_the_comparison_specials(tokenizer):
+    from llmcourse.denoising import compared_objectives
+
+    with pytest.raises(ValueError, match="comparison_tokenizer"):
+        compared_objectives(tokenizer, torch.arange(200) % 20, 16)
+
+
+def test_compared_objectives_see_the_same_windows_and_train(tokenizer):
+    from llmcourse.denoising import comparison_tokenizer, compared_objectives, window_batches
+
+    tok = comparison_tokenizer(tokenizer)
+    ids = torch.tensor(tok.encode("Before we proceed any further, hear me speak. " * 8))
+    objectives = compared_objectives(tok, ids, 24)
+    assert list(objectives) == ["LM", "prefix LM", "BERT", "T5 spans", "GLM"]
+    lm_windows, after = None, []
+    for name, objective in objectives.items():
+        g = torch.Generator().manual_seed(3)
+        batch = window_batches(objective.make, ids, 4, 24)(g)
+        after.append(int(torch.randint(2**31, (), generator=g)))  # g stays in step
+        if name == "LM":
+            lm_windows = torch.cat([batch["input_ids"], batch["targets"][:, -1:]], 1)
+        elif name == "BERT":  # the chosen positions hold the window's own tokens
+            chosen = batch["targets"] != IGNORE
+            assert chosen.any() and torch.equal(batch["targets"][chosen], lm_windows[chosen])
+        elif name == "prefix LM":
+            assert torch.equal(batch["input_ids"], lm_windows[:, :-1])
+        model = build_model(_cfg(tok, **objective.settings), seed=0)
+        loss = objective.loss(model, batch)
+        loss.backward()
+        assert torch.isfinite(loss) and 0 < loss.item() < 10
+    assert len(set(after)) == 1
+    with pytest.raises(ValueError, match="mask='prefix'"):  # GLM on a causal decoder names the fix
+        objectives["GLM"].loss(build_model(_cfg(tok)), window_batches(objectives["GLM"].make, ids, 2, 24)(g))
