@@ -3,10 +3,12 @@
 Each family is built from a tiny random HF config (no downloads), saved with
 save_pretrained (safetensors), loaded back with from_pretrained: logits equal
 within 1e-5. Greedy generation of the converted model (llmcourse.generate, or
-generate_seq2seq for T5) equals transformers' generate (use_cache=True,
+generate_seq2seq for T5 and Switch) equals transformers' generate (use_cache=True,
 do_sample=False) token for token, and so do the logits of every step; for the
 decoders also batched, prompts of different lengths left-padded with an
-attention_mask, against transformers' batched generate with the same padding.
+attention_mask, against transformers' batched generate with the same padding, and
+for the encoder-decoders batched sources of different lengths, right-padded.
+The two mixture-of-experts families (Mixtral, Switch) are among them.
 from_pretrained's errors name what is wrong: a missing folder or file, an
 unsupported architecture (with the supported ones), an unsupported variant
 (before any weights load).
@@ -31,22 +33,23 @@ def _randomize(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
 
 def _build(family: str) -> torch.nn.Module:
     t = transformers
+    # every family with an odd number of query heads (3, 5 or 6 of 2), grouped-query where the family has it
     common = dict(vocab_size=VOCAB, attn_implementation="eager")
     if family == "llama":
         return _randomize(t.LlamaForCausalLM(t.LlamaConfig(
             hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
             max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 500.0}, **common)))
     if family == "gpt2":
-        return _randomize(t.GPT2LMHeadModel(t.GPT2Config(n_positions=40, n_embd=48, n_layer=2, n_head=4, **common)))
+        return _randomize(t.GPT2LMHeadModel(t.GPT2Config(n_positions=40, n_embd=48, n_layer=2, n_head=3, **common)))
     if family == "gpt_neox":
         return _randomize(t.GPTNeoXForCausalLM(t.GPTNeoXConfig(
-            hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+            hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=3, max_position_embeddings=64,
             rotary_pct=0.25, use_parallel_residual=True, **common)))
     if family == "bloom":
         return _randomize(t.BloomForCausalLM(t.BloomConfig(hidden_size=48, n_layer=2, n_head=6, **common)))
     if family == "opt":
         return _randomize(t.OPTForCausalLM(t.OPTConfig(
-            hidden_size=48, ffn_dim=80, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40,
+            hidden_size=48, ffn_dim=80, num_hidden_layers=2, num_attention_heads=3, max_position_embeddings=40,
             word_embed_proj_dim=48, **common)))
     if family == "qwen2":
         return _randomize(t.Qwen2ForCausalLM(t.Qwen2Config(
@@ -64,18 +67,29 @@ def _build(family: str) -> torch.nn.Module:
         return _randomize(t.FalconForCausalLM(t.FalconConfig(
             hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_kv_heads=2, new_decoder_architecture=True,
             max_position_embeddings=64, **common)))
+    if family == "mixtral":  # 3 query heads share 1 key/value head; top-2 of 3 experts
+        return _randomize(t.MixtralForCausalLM(t.MixtralConfig(
+            hidden_size=36, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
+            head_dim=14, num_local_experts=3, num_experts_per_tok=2, max_position_embeddings=64, **common)))
+    if family == "switch":  # 3 heads of 10 (inner 30 != d_model 32); top-1 of 4 experts in layer 1 of each stack
+        return _randomize(t.SwitchTransformersForConditionalGeneration(t.SwitchTransformersConfig(
+            d_model=32, d_kv=10, d_ff=40, num_layers=2, num_decoder_layers=2, num_sparse_encoder_layers=1,
+            num_sparse_decoder_layers=1, num_heads=3, num_experts=4, expert_capacity=64,
+            relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0,
+            **common)), scale=0.15)
     version = family.removeprefix("t5_v")
     extra = {} if version == "1.0" else dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
     hf = t.T5ForConditionalGeneration(t.T5Config(
-        d_model=32, d_kv=12, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        d_model=32, d_kv=12, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=3, relative_attention_num_buckets=8,
         relative_attention_max_distance=20, decoder_start_token_id=0, **extra, **common))
     if version == "1.1":  # v1.1 checkpoints hold their own lm_head; transformers >= 5 ties it on construction
         hf.lm_head.weight = torch.nn.Parameter(hf.shared.weight.detach().clone())
-    return _randomize(hf, scale=0.15)
+    return _randomize(hf, scale=0.2)
 
 
-DECODERS = ["llama", "gpt2", "gpt_neox", "bloom", "opt", "qwen2", "qwen3", "gemma", "falcon"]
-FAMILIES = [*DECODERS, "t5_v1.0", "t5_v1.1"]
+DECODERS = ["llama", "gpt2", "gpt_neox", "bloom", "opt", "qwen2", "qwen3", "gemma", "falcon", "mixtral"]
+ENCODER_DECODERS = ["t5_v1.0", "t5_v1.1", "switch"]
+FAMILIES = [*DECODERS, *ENCODER_DECODERS]
 
 
 def _ids(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:
@@ -127,6 +141,30 @@ def test_batched_left_padded_generation_equals_transformers(family):
     """Prompts of 7, 4 and 2 tokens in one left-padded batch: the tokens and logits of HF's batched generate."""
     hf = _build(family)
     assert_batched_greedy_equal(hf, from_hf(hf))
+
+
+@pytest.mark.parametrize("family", ENCODER_DECODERS)
+def test_batched_padded_source_generation_equals_transformers(family):
+    """Sources of 9, 5 and 2 tokens in one right-padded batch: the tokens and logits of HF's batched generate.
+
+    Each row also equals its source generated alone (the padding changes nothing).
+    """
+    hf = _build(family)
+    ours = from_hf(hf)
+    lengths = (9, 5, 2)
+    mask = torch.tensor([[1] * n + [0] * (9 - n) for n in lengths])
+    src = _ids(B=3, T=9, seed=7).masked_fill(mask == 0, 0)
+    out = hf.generate(
+        src, attention_mask=mask, max_new_tokens=12, do_sample=False, use_cache=True, eos_token_id=None,
+        return_dict_in_generate=True, output_logits=True,
+    )
+    theirs = out.sequences
+    assert torch.equal(generate_seq2seq(ours, src, 12, greedy=True, attention_mask=mask), theirs)
+    for row, n in enumerate(lengths):
+        assert torch.equal(generate_seq2seq(ours, src[row : row + 1, :n], 12, greedy=True)[0], theirs[row])
+    with torch.no_grad():
+        steps = ours(src, theirs[:, :-1], attention_mask=mask)
+    torch.testing.assert_close(steps, torch.stack(out.logits, 1), atol=ATOL, rtol=0)
 
 
 def test_from_pretrained_missing_folder_or_file(tmp_path):
