@@ -745,6 +745,10 @@ class Trainer:
                         f"checkpoint {name!r}: optimizer state optim.{idx}.{field_name} has shape {tuple(value.shape)}, "
                         f"its parameter {tuple(params[idx].shape)}; the optimizer state does not fit this model."
                     )
+        # the hyperparameters are this trainer's: equal to the saved ones unless config_mismatch="allow"
+        # accepted another TrainConfig, whose weight decay and betas must then win over the checkpoint's
+        for saved, current in zip(groups, self.optimizer.param_groups):
+            saved.update({k: v for k, v in current.items() if k != "params"})
         return {"state": state, "param_groups": groups}
 
 

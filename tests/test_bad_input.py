@@ -98,3 +98,29 @@ def test_a_failed_save_names_the_target_and_keeps_the_old_file(tmp_path, monkeyp
     message = str(info.value)
     assert str(target) in message and ".tmp-" not in message and "writable" in message
     assert target.read_bytes() == old
+
+
+def test_evaluate_without_validation_batches_names_the_fix():
+    """evaluate() on a trainer without val_batches divided by zero."""
+    trainer = Trainer(build_model(ModelConfig(**TINY), seed=0), TrainConfig(steps=2, progress=False), _batches())
+    with pytest.raises(ValueError, match="no validation batches; give the Trainer val_batches"):
+        trainer.evaluate()
+
+
+def test_load_with_another_config_allowed_trains_under_the_new_weight_decay_and_betas(tmp_path):
+    """Trainer.load(config_mismatch='allow') let the checkpoint's weight decay and betas win silently."""
+    def trainer(**train):
+        cfg = TrainConfig(**(dict(steps=4, batch_size=4, warmup_steps=1, progress=False) | train))
+        return Trainer(build_model(ModelConfig(**TINY), seed=0), cfg, _batches())
+
+    old = trainer(weight_decay=0.1, beta1=0.9, beta2=0.95)
+    old.train(until=2)
+    path = old.save(tmp_path / "run.safetensors")
+    new = trainer(weight_decay=0.0, beta1=0.8, beta2=0.99)
+    new.load(path, config_mismatch="allow")
+    assert [g["weight_decay"] for g in new.optimizer.param_groups] == [0.0, 0.0]
+    assert all(g["betas"] == (0.8, 0.99) for g in new.optimizer.param_groups)
+    same = trainer(weight_decay=0.1, beta1=0.9, beta2=0.95)
+    same.load(path)
+    assert [g["weight_decay"] for g in same.optimizer.param_groups] == [0.1, 0.0]
+    assert all(g["betas"] == (0.9, 0.95) for g in same.optimizer.param_groups)
