@@ -391,7 +391,7 @@ class MoEFeedForward(nn.Module):
             router_z_loss_coef=config.router_z_loss_coef,
             n_shared_experts=config.n_shared_experts,
             dispatch=config.moe_dispatch,
-            # not ModelConfig fields yet: the HF converters set these attributes on each layer
+            # HF Switch counts capacity per sequence; HF Mixtral renormalises a single gate to 1
             capacity_scope=config.moe_capacity_scope,
             router_renormalize=config.router_renormalize,
         )

@@ -6,6 +6,7 @@ logits equal within 1e-5, including a Switch config whose capacity is small enou
 """
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -137,6 +138,36 @@ def test_switch_with_different_sparse_patterns_per_stack_is_a_clear_error():
 def test_switch_untied_embeddings_are_a_clear_error():
     with pytest.raises(ValueError, match="tie_word_embeddings"):
         convert_switch(_switch(tie_word_embeddings=False))
+
+
+@pytest.mark.parametrize(
+    "family, kw, field",
+    [
+        ("mixtral", {"num_experts_per_tok": 5}, "top_k=5"),  # more experts per token than experts
+        ("mixtral", {"hidden_act": "tanh"}, "hidden_act='tanh'"),
+        ("mixtral", {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+         "rope_type='linear'"),
+        ("switch", {"dense_act_fn": "tanh"}, "dense_act_fn='tanh'"),
+        ("switch", {"router_dtype": "bfloat16"}, "router_dtype='bfloat16'"),
+        ("switch", {"expert_capacity": 0}, "expert_capacity=0"),
+    ],
+)
+def test_unsupported_config_features_are_a_clear_error_naming_the_field(family, kw, field):
+    from transformers import MixtralConfig, SwitchTransformersConfig
+
+    from llmcourse.hf.mixtral import model_config as mixtral_config
+    from llmcourse.hf.switch_transformers import model_config as switch_config
+
+    if family == "mixtral":
+        base = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+        hf_config, convert = MixtralConfig(**{**base, **kw}), mixtral_config
+    else:
+        base = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=24, num_layers=4, num_decoder_layers=4, num_heads=4,
+                    num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, num_experts=4, expert_capacity=64)
+        hf_config, convert = SwitchTransformersConfig(**{**base, **kw}), switch_config
+    with pytest.raises(ValueError, match=re.escape(field)):
+        convert(hf_config)
 
 
 # --- the registry and the reverse direction ------------------------------------------------

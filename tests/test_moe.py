@@ -299,6 +299,14 @@ def test_bad_options_raise_naming_the_field():
         _layer(balance_loss_coef=float("nan"))
     with pytest.raises(ValueError, match="n_experts"):
         MoEFeedForward.from_config(ModelConfig())
+    # the list: top_k > n_experts and a non-positive capacity factor, in the config and in the layer
+    with pytest.raises(ValueError, match="top_k=5 must be between 1 and n_experts=4"):
+        ModelConfig(n_experts=4, top_k=5)
+    for bad in (0, 0.0, -1.25, float("nan")):
+        with pytest.raises(ValueError, match="capacity_factor="):
+            ModelConfig(n_experts=4, capacity_factor=bad)
+        with pytest.raises(ValueError, match="capacity_factor="):
+            _layer(capacity_factor=bad)
 
 
 # --- in the models -----------------------------------------------------------------------
