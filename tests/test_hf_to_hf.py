@@ -4,8 +4,9 @@ For each family a course model with random weights (norm gains and biases too)
 becomes its HF class with equal logits (1e-5), survives save_pretrained ->
 AutoModel*.from_pretrained (safetensors) with equal logits, generates greedily
 token for token as llmcourse.generate does, and converts back with from_hf to the
-same weights and config. A config no HF class expresses is a ValueError naming
-the field.
+same weights and config; the saved decoders also generate batched, prompts of
+different lengths left-padded, as llmcourse.generate does. A config no HF class
+expresses is a ValueError naming the field.
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_parity import assert_batched_greedy_equal  # noqa: E402
 from llmcourse import generate, generate_seq2seq  # noqa: E402
 from llmcourse.config import ModelConfig  # noqa: E402
 from llmcourse.hf import from_hf, to_hf  # noqa: E402
@@ -89,6 +91,11 @@ CONFIGS = {
         vocab_size=VOCAB, d_model=48, n_heads=6, n_layers=2, max_seq_len=64, ffn="gelu_tanh", position="rope",
         bias=False, norm_bias=True,
     ),
+    "mixtral": ModelConfig(
+        vocab_size=VOCAB, d_model=36, n_heads=3, n_kv_heads=1, head_dim=14, d_ff=40, n_layers=2, max_seq_len=64,
+        norm="rmsnorm", norm_eps=1e-5, ffn="swiglu", position="rope", bias=False, tie_embeddings=False, n_experts=3,
+        top_k=2, capacity_factor=None, router_renormalize=True, router_z_loss_coef=0.0,  # Mixtral has no z-loss
+    ),
 }
 # the HF class each config must land in (by default: the first family that expresses it)
 EXPECTED = {
@@ -100,6 +107,7 @@ EXPECTED = {
     "qwen2": ("Qwen2ForCausalLM", None), "qwen2_window": ("Qwen2ForCausalLM", None), "qwen3": ("Qwen3ForCausalLM", None),
     "gemma": ("GemmaForCausalLM", None), "falcon_7b": ("FalconForCausalLM", None),
     "falcon_40b": ("FalconForCausalLM", "falcon"), "falcon_sequential": ("FalconForCausalLM", "falcon"),
+    "mixtral": ("MixtralForCausalLM", None),
 }
 
 
@@ -170,7 +178,7 @@ def test_to_hf_equal_logits_save_load_and_back(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "t5_v1_0", "t5_v1_1", "gpt_neox", "bloom", "opt_post_ln", "qwen2",
-                                  "qwen3", "gemma", "falcon_7b", "falcon_40b"])
+                                  "qwen3", "gemma", "falcon_7b", "falcon_40b", "mixtral"])
 def test_hf_generate_on_a_saved_course_model_equals_ours(name, tmp_path):
     # transformers' encoder-decoder cache sizes itself by the encoder: equal stacks for generate
     ours = _course(name, n_encoder_layers=None) if name.startswith("t5") else _course(name)
@@ -190,6 +198,7 @@ def test_hf_generate_on_a_saved_course_model_equals_ours(name, tmp_path):
         assert torch.equal(generate(ours, prompt, 12, greedy=True), out.sequences)
         with torch.no_grad():
             steps = ours(out.sequences[:, :-1])[:, prompt.shape[1] - 1 :]
+        assert_batched_greedy_equal(hf, ours)  # left-padded prompts of 7, 4 and 2 tokens in one batch
     # random models often repeat one token: compare every step's logits as well
     torch.testing.assert_close(steps, torch.stack(out.logits, 1), atol=ATOL, rtol=0)
 
