@@ -7,7 +7,9 @@ import torch
 
 from llmcourse.benchmarks import __main__ as benchmarks
 from llmcourse.benchmarks import generation, train
-from llmcourse.data import load_corpus
+from llmcourse.data import LMBatches, load_corpus
+from llmcourse.models import build_model
+from llmcourse.train import Trainer
 
 
 def test_the_baseline_is_plain_and_the_fast_run_uses_its_options():
@@ -33,6 +35,12 @@ def test_side_by_side_runs_share_weights_and_batches_and_report_ratios():
     # the same initial weights and batches: the first losses agree to float rounding (the kernels differ)
     assert f.history.train_loss[0] == pytest.approx(b.history.train_loss[0], abs=1e-4)
     assert abs(c.val_difference) < 0.02
+    # the untimed evaluation after the warm-up (it compiles the evaluation path) logs nothing and changes nothing
+    assert b.history.eval_step == f.history.eval_step == [6]
+    model_cfg, train_cfg = train.settings((), corpus.vocab_size, 6, eval_batches=2)
+    alone = Trainer(build_model(model_cfg, seed=0), train_cfg, LMBatches(corpus.train_ids, train.BATCH, 64),
+                    LMBatches(corpus.val_ids, train.BATCH, 64)).train()
+    assert alone.train_loss == b.history.train_loss and alone.val_loss == b.history.val_loss
     lines = train.report(c, fpt=1e6, peak=1e12)
     assert re.fullmatch(r"speed-up: x\d+\.\d\d \(per chunk: min x[\d.]+, median x[\d.]+, max x[\d.]+\)", lines[4])
     assert lines[5].startswith("final validation loss: baseline ")

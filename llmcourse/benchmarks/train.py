@@ -16,7 +16,8 @@ initial weights on the same batches:
 
 The two runs advance in alternating chunks of steps, so a machine that slows
 down or speeds up during the benchmark slows both alike; the first
-``--warmup`` steps of each (compilation, allocator warm-up) are not timed.
+``--warmup`` steps of each and one evaluation (compilation of the training and
+the evaluation graphs, allocator warm-up) are not timed.
 Reported: tokens/s of each and their ratio, the final validation loss of each
 (the same fixed validation batches) and their difference, and the achieved
 FLOP/s as a fraction of the best float32 matmul rate measured in the same run.
@@ -140,6 +141,7 @@ def compare(options: tuple[str, ...] = FASTEST, steps: int = 2000, warmup: int =
     warmup = min(warmup, steps - 1)
     for run in runs:
         run.trainer.train(until=warmup)
+        run.trainer.evaluate()  # compiles the evaluation path too (untimed); draws nothing, logs nothing
     with progress_bar(2 * steps, "train benchmark", progress) as bar:
         bar.update(2 * warmup)
         while runs[0].trainer.step < steps:
