@@ -58,6 +58,9 @@ AUTOCAST_DTYPES = ("bfloat16", "float16")
 ADAMW_IMPLS = ("plain", "foreach", "fused")  # one parameter at a time | multi-tensor ops | one fused kernel per step
 
 
+_UNSET = object()
+
+
 @dataclass
 class TrainConfig:
     """Everything about optimisation (the model has its own :class:`~llmcourse.config.ModelConfig`).
@@ -87,6 +90,23 @@ class TrainConfig:
     adamw_impl: str = "plain"  # plain | foreach | fused: the same AdamW update, computed by different kernels
     activation_checkpointing: bool = False  # keep only each block's input; recompute the block in backward
     compile: bool = False  # torch.compile the (wrapped) model: fused kernels generated for this model
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # validated on construction; an assignment afterwards (trainer.cfg.lr = nan) is validated again and
+        # undone if it is invalid, as ModelConfig does
+        if not self.__dict__.get("_validated", False):
+            object.__setattr__(self, name, value)
+            return
+        old = self.__dict__[name] if name in self.__dict__ else _UNSET
+        object.__setattr__(self, name, value)
+        try:
+            self.__post_init__()
+        except Exception:
+            if old is _UNSET:
+                object.__delattr__(self, name)
+            else:
+                object.__setattr__(self, name, old)
+            raise
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "grad_accum_steps"):
@@ -145,6 +165,7 @@ class TrainConfig:
                 f"autocast_dtype={self.autocast_dtype!r} is not supported; use None (float32), "
                 f"{' or '.join(repr(d) for d in AUTOCAST_DTYPES)}."
             )
+        object.__setattr__(self, "_validated", True)
 
     @property
     def resolved_warmup_steps(self) -> int:

@@ -124,3 +124,22 @@ def test_load_with_another_config_allowed_trains_under_the_new_weight_decay_and_
     same.load(path)
     assert [g["weight_decay"] for g in same.optimizer.param_groups] == [0.1, 0.0]
     assert all(g["betas"] == (0.9, 0.95) for g in same.optimizer.param_groups)
+
+
+def test_train_config_assignment_is_validated_and_undone_when_invalid():
+    """TrainConfig was checked only on construction: trainer.cfg.lr = nan afterwards made the next update nan."""
+    trainer = Trainer(build_model(ModelConfig(**TINY), seed=0), TrainConfig(steps=4, progress=False), _batches())
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    for name, value, pattern in (("lr", float("nan"), "lr=nan must be a positive, finite number"),
+                                 ("grad_clip", float("inf"), "grad_clip=inf"),
+                                 ("steps", 0, "steps=0 must be a positive integer"),
+                                 ("beta2", 1.0, r"beta2=1.0 must lie in \[0, 1\)")):
+        old = getattr(trainer.cfg, name)
+        with pytest.raises(ValueError, match=pattern):
+            setattr(trainer.cfg, name, value)
+        assert getattr(trainer.cfg, name) == old
+    trainer.cfg.lr = 2e-3  # a valid change is kept
+    assert trainer.cfg.lr == 2e-3 and trainer.cfg == TrainConfig(steps=4, progress=False, lr=2e-3)
+    trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert not all(torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before))
