@@ -96,6 +96,13 @@ CONFIGS = {
         norm="rmsnorm", norm_eps=1e-5, ffn="swiglu", position="rope", bias=False, tie_embeddings=False, n_experts=3,
         top_k=2, capacity_factor=None, router_renormalize=True, router_z_loss_coef=0.0,  # Mixtral has no z-loss
     ),
+    "switch": ModelConfig(
+        arch="encoder_decoder", vocab_size=VOCAB, d_model=32, n_heads=3, head_dim=10, d_ff=40, n_layers=4,
+        max_seq_len=512, norm="rmsnorm", norm_eps=1e-6, ffn="relu", position="t5", rel_num_buckets=8, rel_max_distance=20,
+        attn_scale=1.0, bias=False, tie_embeddings=True, share_embeddings=True, logit_scale=32**-0.5, n_experts=4,
+        top_k=1, capacity_factor=None, expert_capacity=64, moe_capacity_scope="sequence", moe_every=2,
+        moe_offset=1,
+    ),
 }
 # the HF class each config must land in (by default: the first family that expresses it)
 EXPECTED = {
@@ -108,6 +115,7 @@ EXPECTED = {
     "gemma": ("GemmaForCausalLM", None), "falcon_7b": ("FalconForCausalLM", None),
     "falcon_40b": ("FalconForCausalLM", "falcon"), "falcon_sequential": ("FalconForCausalLM", "falcon"),
     "mixtral": ("MixtralForCausalLM", None),
+    "switch": ("SwitchTransformersForConditionalGeneration", None),
 }
 
 
@@ -178,10 +186,10 @@ def test_to_hf_equal_logits_save_load_and_back(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "t5_v1_0", "t5_v1_1", "gpt_neox", "bloom", "opt_post_ln", "qwen2",
-                                  "qwen3", "gemma", "falcon_7b", "falcon_40b", "mixtral"])
+                                  "qwen3", "gemma", "falcon_7b", "falcon_40b", "mixtral", "switch"])
 def test_hf_generate_on_a_saved_course_model_equals_ours(name, tmp_path):
     # transformers' encoder-decoder cache sizes itself by the encoder: equal stacks for generate
-    ours = _course(name, n_encoder_layers=None) if name.startswith("t5") else _course(name)
+    ours = _course(name, n_encoder_layers=None) if name.startswith(("t5", "switch")) else _course(name)
     to_hf(ours, EXPECTED[name][1]).save_pretrained(tmp_path)
     prompt = _ids(B=1, T=6, seed=5)
     kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False, use_cache=True,

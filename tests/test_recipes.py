@@ -190,6 +190,9 @@ def test_palm_and_glm_features():
     assert palm.position == "rope" and not palm.bias and not palm.resolved_norm_bias
     glm = recipe("glm130b")
     assert glm.mask == "prefix" and glm.norm_placement == "deepnorm" and glm.ffn == "geglu" and glm.position == "rope"
+    t5, switch = recipe("t5"), recipe("switch")
+    assert t5.arch == switch.arch == "encoder_decoder" and t5.position == switch.position == "t5"
+    assert switch.n_experts == 128 and switch.top_k == 1 and switch.moe_every == 2
 
 
 def test_recipe_errors_name_the_choice():
