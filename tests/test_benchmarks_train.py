@@ -60,7 +60,8 @@ def test_generation_with_and_without_the_cache_gives_the_same_tokens_and_less_wo
     r = generation.measure(new_tokens=16, repeats=1)
     assert r.same_tokens
     assert r.recompute_flops > 8 * r.cached_flops  # each recomputed step runs 64 + t positions, a cached one 1
-    assert len(generation.report(r)) == 3
+    lines = generation.report(r)
+    assert len(lines) == 3 and re.match(r"speed-up of the cache: x\d+\.\d\d \(matmul work x[\d.]+; goal at 512 ", lines[2])
 
 
 def test_all_runs_every_benchmark_in_turn(monkeypatch, capsys):
