@@ -485,21 +485,23 @@ class Trainer:
         Rank ``r`` of ``K`` keeps rows ``r*B/K : (r+1)*B/K``; every tensor whose
         first dimension is the batch size ``B`` is sliced, anything else is passed
         through unchanged. With one process and no accumulation the batch comes
-        back as it is.
+        back as it is. In every case the batch must have ``batch_size`` rows: the
+        trainer saves that number with its checkpoints and splits by it.
         """
         shards = self.world_size * self.cfg.grad_accum_steps
-        if shards == 1:
-            return [batch]
         first = batch.get("input_ids")
         if not torch.is_tensor(first):
             first = next((v for v in batch.values() if torch.is_tensor(v) and v.dim() > 0), None)
         B = first.shape[0] if first is not None else None
         if B != self.cfg.batch_size:
             raise ValueError(
-                f"train_batches gave a batch of {B} rows but TrainConfig.batch_size={self.cfg.batch_size}; with "
-                f"world_size={self.world_size} and grad_accum_steps={self.cfg.grad_accum_steps} the trainer splits "
-                "the global batch by that size. Make the batch function produce batch_size rows."
+                f"train_batches gave a batch of {B} rows but TrainConfig.batch_size={self.cfg.batch_size}; "
+                "batch_size is the global batch (the rows of one optimizer step, which the trainer saves and, "
+                f"with world_size={self.world_size} and grad_accum_steps={self.cfg.grad_accum_steps}, splits). "
+                f"Set TrainConfig(batch_size={B}) or make the batch function produce batch_size rows."
             )
+        if shards == 1:
+            return [batch]
         keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B]
         per_rank, per_micro = B // self.world_size, B // shards
         start = self.rank * per_rank

@@ -44,7 +44,7 @@ def test_a_non_scalar_or_detached_loss_is_named():
 
     for fn, pattern in ((per_token, r"per_token returned \(4, 8\), not a scalar"),
                         (detached, "does not depend on any trainable parameter")):
-        trainer = Trainer(model, TrainConfig(steps=2, progress=False), _batches(), loss_fn=fn)
+        trainer = Trainer(model, TrainConfig(steps=2, batch_size=4, progress=False), _batches(), loss_fn=fn)
         before = [p.detach().clone() for p in model.parameters()]
         with pytest.raises(ValueError, match=pattern):
             trainer.train()
@@ -128,7 +128,7 @@ def test_load_with_another_config_allowed_trains_under_the_new_weight_decay_and_
 
 def test_train_config_assignment_is_validated_and_undone_when_invalid():
     """TrainConfig was checked only on construction: trainer.cfg.lr = nan afterwards made the next update nan."""
-    trainer = Trainer(build_model(ModelConfig(**TINY), seed=0), TrainConfig(steps=4, progress=False), _batches())
+    trainer = Trainer(build_model(ModelConfig(**TINY), seed=0), TrainConfig(steps=4, batch_size=4, progress=False), _batches())
     before = [p.detach().clone() for p in trainer.model.parameters()]
     for name, value, pattern in (("lr", float("nan"), "lr=nan must be a positive, finite number"),
                                  ("grad_clip", float("inf"), "grad_clip=inf"),
@@ -139,7 +139,19 @@ def test_train_config_assignment_is_validated_and_undone_when_invalid():
             setattr(trainer.cfg, name, value)
         assert getattr(trainer.cfg, name) == old
     trainer.cfg.lr = 2e-3  # a valid change is kept
-    assert trainer.cfg.lr == 2e-3 and trainer.cfg == TrainConfig(steps=4, progress=False, lr=2e-3)
+    assert trainer.cfg.lr == 2e-3 and trainer.cfg == TrainConfig(steps=4, batch_size=4, progress=False, lr=2e-3)
     trainer.train()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert not all(torch.equal(p, b) for p, b in zip(trainer.model.parameters(), before))
+
+
+def test_batches_with_another_row_count_than_batch_size_are_refused():
+    """batch_size was read only when splitting: one process trained on any number of rows and saved 32."""
+    model = build_model(ModelConfig(**TINY), seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(model, TrainConfig(steps=2, progress=False), _batches())  # 4 rows, batch_size 32
+    with pytest.raises(ValueError, match=r"batch of 4 rows but TrainConfig.batch_size=32.*batch_size=4"):
+        trainer.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    Trainer(build_model(ModelConfig(**TINY), seed=0), TrainConfig(steps=2, batch_size=4, progress=False),
+            _batches()).train()

@@ -217,7 +217,7 @@ def test_an_encoder_decoder_learns_span_corruption(tokenizer, token_ids):
     )
     cfg = ModelConfig(arch="encoder_decoder", vocab_size=tok.vocab_size, d_model=32, n_heads=4, n_layers=1, max_seq_len=64)
     model = build_model(cfg, seed=0)
-    history = Trainer(model, TrainConfig(steps=80, lr=3e-3, warmup_steps=5, weight_decay=0.0, progress=False), lambda g: batch).train()
+    history = Trainer(model, TrainConfig(steps=80, batch_size=4, lr=3e-3, warmup_steps=5, weight_decay=0.0, progress=False), lambda g: batch).train()
     assert history.train_loss[0] > math.log(tok.vocab_size) - 0.2 and history.train_loss[-1] < 0.25 * history.train_loss[0]
 
 

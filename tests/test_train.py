@@ -21,7 +21,7 @@ def test_initial_loss_is_near_log_vocab(tiny_config, token_ids):
 def test_one_batch_can_be_overfit(tiny_config, token_ids):
     model = build_model(tiny_config, seed=0)
     batch = LMBatches(token_ids, 4, 32)(torch.Generator().manual_seed(0))
-    cfg = TrainConfig(steps=150, lr=3e-3, warmup_steps=10, weight_decay=0.0, progress=False)
+    cfg = TrainConfig(steps=150, batch_size=4, lr=3e-3, warmup_steps=10, weight_decay=0.0, progress=False)
     history = Trainer(model, cfg, lambda g: batch).train()
     assert history.train_loss[-1] < 0.1 * history.train_loss[0]
 
