@@ -537,6 +537,15 @@ class Trainer:
     # --- one step ---------------------------------------------------------------
     def _diverged(self, message: str) -> FloatingPointError:
         self.optimizer.zero_grad(set_to_none=True)  # nothing of this step survives
+        broken = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:  # a finite gradient whose optimizer step overflowed (a learning rate too large for float32)
+            shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+            return FloatingPointError(
+                f"{message} at step {self.step + 1} because the weights are already non-finite ({shown}): the "
+                f"optimizer update of step {self.step} overflowed although its gradient norm was finite. Lower the "
+                "learning rate and resume from the last checkpoint (save_checkpoint refuses non-finite weights, so "
+                "it holds finite ones)."
+            )
         return FloatingPointError(
             f"{message} at step {self.step + 1}; training diverged and this update was not applied (the weights are "
             "those before the step). Lower the learning rate, add warmup or gradient clipping "

@@ -155,3 +155,20 @@ def test_batches_with_another_row_count_than_batch_size_are_refused():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     Trainer(build_model(ModelConfig(**TINY), seed=0), TrainConfig(steps=2, batch_size=4, progress=False),
             _batches()).train()
+
+
+def test_an_update_that_overflows_is_named_at_the_next_step():
+    """An optimizer step can overflow with a finite gradient (weight decay times a huge learning rate); the next
+    step's error said the weights were those before the step, as if they were still good."""
+    model = build_model(ModelConfig(**TINY), seed=0)
+    trainer = Trainer(model, TrainConfig(steps=3, batch_size=4, progress=False), _batches())
+    step = trainer.optimizer.step
+
+    def overflowing_step(*args, **kwargs):
+        step(*args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("inf"))
+
+    trainer.optimizer.step = overflowing_step
+    with pytest.raises(FloatingPointError, match=r"weights are already non-finite .*update of step 1 overflowed"):
+        trainer.train()
