@@ -303,7 +303,8 @@ def plot_curves(results: list[RunResult], ax=None, metric: str = "val_loss", tit
         if len(runs) > 1:
             ax.fill_between(xs[:n], curves.min(0).values, curves.max(0).values, alpha=0.2, color=line.get_color())
     ax.set_xlabel("step")
-    ax.set_ylabel(metric.replace("_", " "))
+    label = {"val_loss": "validation loss", "train_loss": "training loss"}.get(metric, metric.replace("_", " "))
+    ax.set_ylabel(f"{label} (nats per token)" if metric.endswith("loss") else label)
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)

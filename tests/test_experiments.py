@@ -110,3 +110,14 @@ def test_paired_comparison_pairs_runs_by_seed_not_by_order():
     table = format_comparisons([c, paired_verdict([1, 2], [2, 1], "p", "q")])
     assert "x better" in table and UNRESOLVED in table
     assert max(len(line) for line in table.splitlines()) <= 88
+
+
+def test_plot_curves_labels_the_loss_with_its_unit():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from llmcourse.experiments import plot_curves
+
+    ax = plot_curves([_run("x", 1, 2.0), _run("x", 2, 2.1)])
+    assert ax.get_ylabel() == "validation loss (nats per token)" and ax.get_xlabel() == "step"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x"]
