@@ -406,6 +406,13 @@ class ModelConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name}={v!r} must be a non-negative integer.")
+        depth = max(self.n_layers, self.resolved_n_encoder_layers if self.arch == "encoder_decoder" else 0)
+        if self.n_experts and not any(self.is_moe_layer(i) for i in range(depth)):
+            raise ValueError(
+                f"n_experts={self.n_experts}, but no layer would get experts: the first MoE layer is "
+                f"moe_offset={self.moe_offset} and the model has {depth} layer(s). Lower moe_offset, add layers, "
+                "or set n_experts=0 for a dense model."
+            )
         for name in ("router_jitter", "balance_loss_coef", "router_z_loss_coef"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):

@@ -426,3 +426,14 @@ def test_trainer_trains_the_router_with_the_balance_loss(tokenizer, token_ids):
     assert "moe.balance" not in without.aux_losses and len(with_balance.aux_losses["moe.balance"]) == 20
     assert without.stats["moe.dropped"][-1] == 0.75  # the language-modelling loss alone leaves it collapsed
     assert with_balance.stats["moe.dropped"][-1] < 0.65  # the balance loss spreads the tokens
+
+
+def test_a_config_with_experts_but_no_moe_layer_is_refused():
+    """n_experts > 0 with moe_offset past the last layer built a dense model without a word."""
+    with pytest.raises(ValueError, match=r"n_experts=4, but no layer would get experts.*moe_offset=2.*2 layer"):
+        _moe_config(n_layers=2, moe_offset=2)
+    with pytest.raises(ValueError, match="no layer would get experts"):
+        _moe_config(n_layers=2).replace(moe_offset=5)
+    assert _moe_config(n_layers=2, moe_offset=1).is_moe_layer(1)
+    encoder_deep = _moe_config(arch="encoder_decoder", n_layers=1, n_encoder_layers=3, moe_offset=2)
+    assert encoder_deep.is_moe_layer(2)  # only the encoder reaches layer 2: still an MoE model

@@ -77,6 +77,8 @@ def _variation(rng: random.Random, base: ModelConfig) -> ModelConfig:
         changes.update(rel_num_buckets=rng.choice([8, 32]), rel_max_distance=rng.choice([20, 128]))
     if base.position == "learned" and rng.random() < 0.5:
         changes["position"] = rng.choice(["sinusoidal", "alibi", "none"])
+    if changes.get("moe_offset", 0) >= max(changes["n_layers"], changes.get("n_encoder_layers", 0)):
+        changes["moe_offset"] = 0  # at least one layer with experts (a config without any is refused)
     return base.replace(**changes)
 
 
