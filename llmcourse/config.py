@@ -38,6 +38,26 @@ MOE_CAPACITY_SCOPES = ("batch", "sequence")
 _MISSING = object()
 
 
+def revalidating_setattr(obj: Any, name: str, value: Any) -> None:
+    """``obj.name = value`` for a config validated in ``__post_init__``: once ``obj`` is
+    validated (it sets ``_validated``), the checks run again and an invalid assignment
+    is undone before the error propagates (``cfg.n_heads = 3`` cannot leave a broken config).
+    """
+    if not obj.__dict__.get("_validated", False):
+        object.__setattr__(obj, name, value)
+        return
+    old = obj.__dict__.get(name, _MISSING)
+    object.__setattr__(obj, name, value)
+    try:
+        obj.__post_init__()
+    except Exception:
+        if old is _MISSING:
+            object.__delattr__(obj, name)
+        else:
+            object.__setattr__(obj, name, old)
+        raise
+
+
 @dataclass(frozen=True)
 class Placement:
     """What a norm placement implies, in one table (the blocks apply it; nothing else tests the name).
@@ -209,20 +229,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes; never read by models
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # validated on construction; an assignment afterwards is validated again and undone if it is invalid
-        if not self.__dict__.get("_validated", False):
-            object.__setattr__(self, name, value)
-            return
-        old = self.__dict__.get(name, _MISSING)
-        object.__setattr__(self, name, value)
-        try:
-            self.__post_init__()
-        except Exception:
-            if old is _MISSING:
-                object.__delattr__(self, name)
-            else:
-                object.__setattr__(self, name, old)
-            raise
+        revalidating_setattr(self, name, value)
 
     def __post_init__(self) -> None:
         self._check_types()

@@ -45,6 +45,7 @@ from torch import nn
 from . import auxiliary
 from .blocks import Block
 from .checkpoint import CheckpointError, check_weights, load_checkpoint, load_weights, save_checkpoint
+from .config import revalidating_setattr
 from .objectives import lm_loss
 from .progress import progress_bar
 
@@ -58,7 +59,6 @@ AUTOCAST_DTYPES = ("bfloat16", "float16")
 ADAMW_IMPLS = ("plain", "foreach", "fused")  # one parameter at a time | multi-tensor ops | one fused kernel per step
 
 
-_UNSET = object()
 
 
 @dataclass
@@ -94,19 +94,7 @@ class TrainConfig:
     def __setattr__(self, name: str, value: Any) -> None:
         # validated on construction; an assignment afterwards (trainer.cfg.lr = nan) is validated again and
         # undone if it is invalid, as ModelConfig does
-        if not self.__dict__.get("_validated", False):
-            object.__setattr__(self, name, value)
-            return
-        old = self.__dict__[name] if name in self.__dict__ else _UNSET
-        object.__setattr__(self, name, value)
-        try:
-            self.__post_init__()
-        except Exception:
-            if old is _UNSET:
-                object.__delattr__(self, name)
-            else:
-                object.__setattr__(self, name, old)
-            raise
+        revalidating_setattr(self, name, value)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "grad_accum_steps"):
