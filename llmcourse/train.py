@@ -59,8 +59,6 @@ AUTOCAST_DTYPES = ("bfloat16", "float16")
 ADAMW_IMPLS = ("plain", "foreach", "fused")  # one parameter at a time | multi-tensor ops | one fused kernel per step
 
 
-
-
 @dataclass
 class TrainConfig:
     """Everything about optimisation (the model has its own :class:`~llmcourse.config.ModelConfig`).

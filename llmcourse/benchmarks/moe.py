@@ -15,7 +15,8 @@ tokens with its auxiliary losses (what a training step runs), measured three way
 Times are the best of the repeats and are printed as ratios to ``dense`` (and ``sorted`` to
 ``reference``) measured in the same run; the goal for the sorted dispatch is at most 1.5x the
 dense time at the default 4,096 tokens (``--quick`` times 1,024 tokens once, where fixed costs
-weigh more; it checks that the benchmark runs, not the goal). Peak tensor memory of one step is measured at several token counts with
+weigh more; it checks that the benchmark runs, not the goal). Peak tensor memory of one step
+is measured at several token counts with
 :class:`~llmcourse.benchmarks.attention.PeakTensorMemory`, and the growth exponent ``p``
 (``memory ~ N^p``, least squares in log-log space) is fitted: every path should be linear in
 tokens (``p ~ 1``). Below about 1k tokens the parameters' gradients (8 MiB for the MoE layer's
